@@ -1,0 +1,91 @@
+// Package bench holds Herald's end-to-end benchmarks: real Redis, a real fasthttp receiver on
+// loopback, and the deliverer running as it does in production.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/deliver"
+	"github.com/heraldhq/herald/internal/fixture"
+	"github.com/heraldhq/herald/internal/redisq"
+	"github.com/heraldhq/herald/internal/redistest"
+)
+
+// messages is how many prefilled messages one drain delivers (HERALD_BENCH_N, default 200,000).
+func messages() int {
+	if n, err := strconv.Atoi(os.Getenv("HERALD_BENCH_N")); err == nil && n > 0 {
+		return n
+	}
+	return 200000
+}
+
+// BenchmarkDrain prefills the outbound list with 300-byte messages and measures how fast
+// `herald deliver`, with its default settings, empties it into a local fasthttp receiver.
+func BenchmarkDrain(b *testing.B) {
+	srv := redistest.Standalone(b)
+	for _, mode := range []string{"at-least-once", "at-most-once"} {
+		b.Run(mode, func(b *testing.B) { drain(b, srv.URL(), mode) })
+	}
+}
+
+func drain(b *testing.B, redisURL, mode string) {
+	n := messages()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx := context.Background()
+	c, err := deliver.Connect(ctx, redisURL, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		recv, err := fixture.NewReceiver(n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		prefix := fmt.Sprintf("bench%d_%s", i, mode)
+		keys := redisq.NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
+		if _, err := fixture.Fill(ctx, c, keys.Queue, recv.URL()+"/in", 0, n, 300); err != nil {
+			b.Fatal(err)
+		}
+		cfg, err := config.LoadDeliver(config.MapEnv(map[string]string{
+			"REDIS_SERVER_URL": redisURL, "TOPIC_PREFIX": prefix, "HERALD_DELIVERY_MODE": mode,
+		}))
+		if err != nil {
+			b.Fatal(err)
+		}
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		b.StartTimer()
+		start := time.Now()
+		go func() { done <- deliver.Run(runCtx, cfg, log) }()
+		for recv.Total() < int64(n) {
+			time.Sleep(2 * time.Millisecond)
+		}
+		took := time.Since(start)
+		b.StopTimer()
+		total += took
+		stop()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		_, missing, dups := recv.Tally()
+		if missing != 0 {
+			b.Fatalf("%d messages missing", missing)
+		}
+		b.Logf("%s: drained %d messages in %s: %.0f msgs/s (%d duplicates)", mode, n, took.Round(time.Millisecond), float64(n)/took.Seconds(), dups)
+		_ = recv.Close()
+		_ = c.Do(ctx, c.B().Del().Key(keys.Queue).Build()).Error()
+	}
+	b.ReportMetric(float64(n*b.N)/total.Seconds(), "msgs/s")
+	b.ReportMetric(0, "ns/op")
+}

@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/fixture"
+	"github.com/heraldhq/herald/internal/redisq"
+	"github.com/heraldhq/herald/internal/redistest"
+)
+
+// crashMessages is 100,000 as the issue asks; HERALD_E2E_SHORT=1 shortens it for quick runs.
+func crashMessages() int {
+	if os.Getenv("HERALD_E2E_SHORT") != "" {
+		return 20000
+	}
+	return 100000
+}
+
+func TestKill9LosesNothingStandalone(t *testing.T) {
+	testKill9(t, redistest.Standalone(t).URL())
+}
+
+func TestKill9LosesNothingCluster(t *testing.T) {
+	testKill9(t, redistest.Cluster(t, 3).URL())
+}
+
+// testKill9 drains n messages while killing the deliverer with SIGKILL at random moments, then
+// lets a last instance finish and counts every id at the receiver: none may be missing.
+func testKill9(t *testing.T, redisURL string) {
+	n := crashMessages()
+	c := client(t, redisURL)
+	recv, err := fixture.NewReceiver(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv.Close()
+	prefix := "kill" + strconv.Itoa(rand.IntN(1e6))
+	keys := redisq.NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
+	if _, err := fixture.Fill(context.Background(), c, keys.Queue, recv.URL()+"/in", 0, n, 300); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{
+		"REDIS_SERVER_URL=" + redisURL, "TOPIC_PREFIX=" + prefix,
+		// A short lease so that a killed instance's messages come back within the test.
+		"HERALD_LEASE=2s", "HERALD_LOG_LEVEL=warn",
+	}
+	const kills = 10
+	for i := range kills {
+		p := start(t, env, "deliver")
+		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		p.wait(5 * time.Second)
+		got, _, _ := recv.Tally()
+		t.Logf("kill %d: %d of %d ids received so far", i+1, got, n)
+	}
+	// Two survivors, so that reaping and the pump also run across instances.
+	start(t, env, "deliver")
+	start(t, env, "deliver")
+	ok := recv.WaitAll(3 * time.Minute)
+	received, missing, dups := recv.Tally()
+	t.Logf("after %d SIGKILLs: %d sent, %d received, %d missing, %d duplicates", kills, n, received, missing, dups)
+	if !ok || missing != 0 {
+		t.Fatalf("%d messages lost", missing)
+	}
+	eventually(t, 10*time.Second, "queue and in-flight lists to empty", func() bool {
+		return llen(t, c, keys.Queue) == 0
+	})
+}
+
+// TestSIGTERMDrains checks that a graceful stop finishes started deliveries within the drain
+// timeout and puts back, at the queue's head, what it had not started.
+func TestSIGTERMDrains(t *testing.T) {
+	srv := redistest.Standalone(t)
+	c := client(t, srv.URL())
+	const n = 200
+	recv, err := fixture.NewReceiver(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv.Close()
+	recv.Respond = func(int) int { time.Sleep(300 * time.Millisecond); return 200 }
+	prefix := "term"
+	keys := redisq.NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
+	if _, err := fixture.Fill(context.Background(), c, keys.Queue, recv.URL()+"/in", 0, n, 300); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"REDIS_SERVER_URL=" + srv.URL(), "TOPIC_PREFIX=" + prefix,
+		"HERALD_CONCURRENCY=8", "HERALD_BATCH=16", "HERALD_DRAIN_TIMEOUT=5s"}
+	p := start(t, env, "deliver")
+	eventually(t, 10*time.Second, "first deliveries", func() bool { return recv.Total() >= 8 })
+	sent := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(8 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM (-1: still running after 8 s)", code)
+	}
+	t.Logf("stopped %s after SIGTERM", time.Since(sent).Round(time.Millisecond))
+	received, _, dups := recv.Tally()
+	queued := llen(t, c, keys.Queue)
+	inflight, _ := c.Do(context.Background(), c.B().Keys().Pattern("{"+keys.Queue+"}:inflight:*").Build()).AsStrSlice()
+	t.Logf("received %d, back in queue %d, duplicates %d", received, queued, dups)
+	if received+int(queued) != n || len(inflight) != 0 {
+		t.Fatalf("received %d + queued %d != %d, or in-flight lists left: %v", received, queued, n, inflight)
+	}
+	// What was put back must be the oldest undelivered ids, first in line.
+	head, _ := c.Do(context.Background(), c.B().Lindex().Key(keys.Queue).Index(0).Build()).ToString()
+	if id := fixture.PayloadID(mustDecode(t, head)); id < 0 || recv.Count(id) != 0 {
+		t.Errorf("head of queue is id %d, which was already delivered or unreadable", id)
+	}
+}

@@ -1,0 +1,169 @@
+// Package e2e runs the herald binary as an operator would, against real Redis servers started by
+// the tests (standalone and a 3-node cluster), and checks what arrives at real receivers.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/deliver"
+	"github.com/heraldhq/herald/internal/redistest"
+	"github.com/redis/rueidis"
+	"log/slog"
+)
+
+var heraldBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "herald-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	heraldBin = filepath.Join(dir, "herald")
+	// Built without -race even when the tests run with it: the kill tests drain 100,000
+	// messages several times and measure the binary operators run.
+	build := exec.Command("go", "build", "-o", heraldBin, "../cmd/herald")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building herald:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running herald process whose log is kept for failures.
+type proc struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs `herald <args>` with exactly env (no inherited variables).
+func start(t testing.TB, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(heraldBin, args...)
+	cmd.Env = env
+	p := &proc{t: t, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.log, p.log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting herald: %v", err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("herald %v log (last 3000 bytes):\n%s", args, tail(p.log.String(), 3000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (p *proc) kill() {
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// wait waits for exit and returns the exit code, or -1 after the timeout.
+func (p *proc) wait(timeout time.Duration) int {
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		return -1
+	}
+}
+
+func client(t testing.TB, url string) rueidis.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := deliver.Connect(ctx, url, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", url, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func freePort(t testing.TB) string { return strconv.Itoa(redistest.FreePort()) }
+
+// status GETs a status path with the key and returns code and body.
+func status(t testing.TB, port, path, key string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://127.0.0.1:"+port+path, nil)
+	if key != "" {
+		req.Header.Set("access_token", key)
+	}
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b))
+}
+
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func llen(t testing.TB, c rueidis.Client, key string) int64 {
+	n, err := c.Do(context.Background(), c.B().Llen().Key(key).Build()).AsInt64()
+	if err != nil {
+		t.Fatalf("LLEN %s: %v", key, err)
+	}
+	return n
+}

@@ -1,0 +1,107 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/fixture"
+	"github.com/heraldhq/herald/internal/redisq"
+	"github.com/heraldhq/herald/internal/redistest"
+)
+
+func mustDecode(t testing.TB, entry string) []byte {
+	t.Helper()
+	m := engine.GetMessage()
+	m.SetRaw([]byte(entry))
+	if err := acapy.DecodeOutbound(m); err != nil {
+		t.Fatalf("decoding %q: %v", entry, err)
+	}
+	return append([]byte(nil), m.Payload...)
+}
+
+// cpuTicks is the user+system CPU time of pid in clock ticks (1/100 s on Linux).
+func cpuTicks(t testing.TB, pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatalf("reading CPU time: %v", err)
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	u, _ := strconv.Atoi(f[11])
+	s, _ := strconv.Atoi(f[12])
+	return u + s
+}
+
+// TestRedisOutage stops Redis for 10 s under a running deliverer: it must neither crash nor spin,
+// must say not ready meanwhile, and must resume by itself.
+func TestRedisOutage(t *testing.T) {
+	srv := redistest.Standalone(t)
+	c := client(t, srv.URL())
+	const n = 2000
+	recv, err := fixture.NewReceiver(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv.Close()
+	prefix := "outage"
+	keys := redisq.NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
+	if _, err := fixture.Fill(context.Background(), c, keys.Queue, recv.URL()+"/in", 0, n/2, 300); err != nil {
+		t.Fatal(err)
+	}
+	port, key := freePort(t), "k"
+	p := start(t, referenceEnv(srv.URL(), prefix, port, key), "deliver")
+	eventually(t, 20*time.Second, "first half delivered", func() bool { return recv.Total() >= n/2 })
+	if code, body := status(t, port, "/status/ready", key); body != `{"ready":true}` {
+		t.Fatalf("ready before the outage: %d %s", code, body)
+	}
+
+	srv.Stop()
+	t.Log("redis stopped")
+	time.Sleep(time.Second)
+	before := cpuTicks(t, p.cmd.Process.Pid)
+	deadline := time.Now().Add(9 * time.Second)
+	sawNotReady := false
+	for time.Now().Before(deadline) {
+		_, body := status(t, port, "/status/ready", key)
+		sawNotReady = sawNotReady || body == `{"ready":false}`
+		time.Sleep(500 * time.Millisecond)
+	}
+	used := cpuTicks(t, p.cmd.Process.Pid) - before
+	t.Logf("CPU during 9 s of outage: %d ms", used*10)
+	if !sawNotReady {
+		t.Error("/status/ready never said false while Redis was down")
+	}
+	if code, body := status(t, port, "/status/live", key); body != `{"alive":false}` {
+		t.Errorf("live during the outage: %d %s", code, body)
+	}
+	// A spinning loop burns 9 s of CPU here; backing off costs a few ms.
+	if used > 50 { // 0.5 s of CPU in 9 s
+		t.Errorf("the deliverer used %d ms of CPU in 9 s of outage: it spins", used*10)
+	}
+	select {
+	case <-p.done:
+		t.Fatal("the deliverer exited during the outage")
+	default:
+	}
+
+	srv.Start()
+	t.Log("redis restarted (empty: it keeps nothing on disk)")
+	c2 := client(t, srv.URL())
+	if _, err := fixture.Fill(context.Background(), c2, keys.Queue, recv.URL()+"/in", n/2, n/2, 300); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "delivery to resume after the outage", func() bool {
+		_, missing, _ := recv.Tally()
+		return missing == 0
+	})
+	eventually(t, 10*time.Second, "ready again", func() bool {
+		_, body := status(t, port, "/status/ready", key)
+		return body == `{"ready":true}`
+	})
+}

@@ -1,0 +1,107 @@
+package engine
+
+import (
+	"context"
+	"time"
+)
+
+// Source hands out messages and settles each one exactly once, after its delivery ended. Every
+// method may be called from many goroutines at once.
+//
+// A Source that can keep a taken message until it is settled (an in-flight list, a JetStream
+// consumer) is at-least-once: a crash between Take and settle redelivers. One that cannot (plain
+// BLPOP) is at-most-once and must say so in its documentation.
+type Source interface {
+	// Take appends up to n messages to dst, waiting at most about a second for the first one so
+	// that callers can notice shutdown. It returns dst unchanged and a nil error when nothing came.
+	Take(ctx context.Context, dst []*Message, n int) ([]*Message, error)
+	// Ack settles a delivered message (or one given up on without a trace: Drop).
+	Ack(ctx context.Context, m *Message) error
+	// Retry settles m by scheduling attempt number retries after delay.
+	Retry(ctx context.Context, m *Message, retries int, delay time.Duration) error
+	// DeadLetter settles m by storing it with the reason it could not be delivered.
+	DeadLetter(ctx context.Context, m *Message, f Failure) error
+	// Release returns messages that were taken but never started to the head of the queue.
+	Release(ctx context.Context, ms []*Message) error
+}
+
+// Sink delivers one message. It must honour its own timeout: the pipeline does not cancel it.
+type Sink interface {
+	Deliver(m *Message) Result
+}
+
+// Decoder fills a message's URL, Headers, Payload and Retries from its Raw bytes. An error means
+// the entry can never be delivered; its text is the dead-letter reason.
+type Decoder func(m *Message) error
+
+// Result is what a Sink says of one delivery attempt.
+type Result struct {
+	// Err is nil when the message was delivered.
+	Err error
+	// Status is the receiver's status code, 0 when none came back.
+	Status int
+	// Permanent marks failures that retrying cannot fix (an unsupported scheme, say).
+	Permanent bool
+}
+
+// Failure describes why a message was dead-lettered.
+type Failure struct {
+	Reason string
+	Status int
+}
+
+// Outcome is how a message was settled.
+type Outcome uint8
+
+// The ways a message is settled.
+const (
+	Delivered Outcome = iota
+	Retried
+	DeadLettered
+	Dropped
+	Released
+)
+
+// String names the outcome for logs.
+func (o Outcome) String() string {
+	switch o {
+	case Delivered:
+		return "delivered"
+	case Retried:
+		return "retried"
+	case DeadLettered:
+		return "dead-lettered"
+	case Dropped:
+		return "dropped"
+	case Released:
+		return "released"
+	}
+	return "unknown"
+}
+
+// Observer is told what the pipeline does, for metrics. Implementations must not block.
+type Observer interface {
+	// Taken reports n messages handed out by the source.
+	Taken(n int)
+	// Attempted reports one delivery attempt and how long the sink took.
+	Attempted(r Result, took time.Duration)
+	// Settled reports how a message ended and how long after it was taken.
+	Settled(o Outcome, age time.Duration)
+	// SourceHealth reports whether the last call to the source succeeded.
+	SourceHealth(err error)
+}
+
+// NopObserver ignores everything.
+type NopObserver struct{}
+
+// Taken implements Observer.
+func (NopObserver) Taken(int) {}
+
+// Attempted implements Observer.
+func (NopObserver) Attempted(Result, time.Duration) {}
+
+// Settled implements Observer.
+func (NopObserver) Settled(Outcome, time.Duration) {}
+
+// SourceHealth implements Observer.
+func (NopObserver) SourceHealth(error) {}

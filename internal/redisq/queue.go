@@ -1,0 +1,372 @@
+package redisq
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/redis/rueidis"
+)
+
+// Mode selects the delivery guarantee of a Queue.
+type Mode int
+
+const (
+	// AtLeastOnce moves taken entries into a per-instance in-flight list in the same step that
+	// takes them and removes them only once settled; a dead instance's list is returned to the
+	// queue by the survivors. A crash duplicates at worst.
+	AtLeastOnce Mode = iota
+	// AtMostOnce pops entries like the reference deliverer (BLPOP): a crash loses what the
+	// instance held. Kept for comparison and for operators who ask for it.
+	AtMostOnce
+)
+
+// ParseMode reads "at-least-once" or "at-most-once".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "at-least-once", "":
+		return AtLeastOnce, nil
+	case "at-most-once":
+		return AtMostOnce, nil
+	}
+	return 0, fmt.Errorf("unknown delivery mode %q (want at-least-once or at-most-once)", s)
+}
+
+// String names the mode as ParseMode reads it.
+func (m Mode) String() string {
+	if m == AtMostOnce {
+		return "at-most-once"
+	}
+	return "at-least-once"
+}
+
+// Options configure a Queue.
+type Options struct {
+	Keys Keys
+	Mode Mode
+	// Instance names this process in lease and in-flight keys; random when empty.
+	Instance string
+	// Lease is how long an instance may stay silent before its in-flight messages are returned
+	// to the queue. Default 15 s.
+	Lease time.Duration
+	// EncodeRetry appends the retry set member of m for its retries-th retry.
+	EncodeRetry func(dst []byte, m *engine.Message, retries int) []byte
+	// EncodeDead appends the dead-letter entry of m.
+	EncodeDead func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte
+	// PumpBatch is the most retry members moved per pump step. Default 100.
+	PumpBatch int
+	Log       *slog.Logger
+}
+
+// Queue is an engine.Source (and the retry pump and reaper behind it) over Redis lists.
+type Queue struct {
+	c        rueidis.Client
+	o        Options
+	inflight string
+	staging  string
+	deadSame bool // the dead list shares the queue's slot: dead-lettering is one script
+
+	bufs sync.Pool
+}
+
+// NewInstanceID returns a short random instance name.
+func NewInstanceID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// New returns a Queue on client. Call Run to start its lease, reaper and retry pump.
+func New(client rueidis.Client, o Options) *Queue {
+	if o.Instance == "" {
+		o.Instance = NewInstanceID()
+	}
+	if o.Lease <= 0 {
+		o.Lease = 15 * time.Second
+	}
+	if o.PumpBatch <= 0 {
+		o.PumpBatch = 100
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	return &Queue{
+		c:        client,
+		o:        o,
+		inflight: o.Keys.Inflight(o.Instance),
+		staging:  o.Keys.Staging(o.Instance),
+		deadSame: Slot(o.Keys.Dead) == Slot(o.Keys.Queue),
+	}
+}
+
+// Instance is the name this queue registers its lease under.
+func (q *Queue) Instance() string { return q.o.Instance }
+
+// InflightKey is this instance's in-flight list.
+func (q *Queue) InflightKey() string { return q.inflight }
+
+// leaseExpiry is when a lease renewed now runs out, in Unix milliseconds.
+func (q *Queue) leaseExpiry() int64 { return time.Now().Add(q.o.Lease).UnixMilli() }
+
+// Take implements engine.Source.
+func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {
+	if q.o.Mode == AtMostOnce {
+		return q.takeAtMostOnce(ctx, dst, n)
+	}
+	res := takeScript.Exec(ctx, q.c,
+		[]string{q.o.Keys.Queue, q.inflight, q.o.Keys.leases},
+		[]string{strconv.Itoa(n), q.o.Instance, strconv.FormatInt(q.leaseExpiry(), 10)})
+	items, err := res.ToArray()
+	if err != nil {
+		return dst, err
+	}
+	if len(items) > 0 {
+		return appendMessages(dst, items)
+	}
+	// Nothing queued: wait on the server, not in a loop. The one entry it brings is moved into
+	// in-flight by the same command, so waiting loses nothing either.
+	v, err := q.c.Do(ctx, q.c.B().Blmove().Source(q.o.Keys.Queue).Destination(q.inflight).
+		Left().Right().Timeout(1).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return dst, nil
+	}
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, newMessage(v)), nil
+}
+
+func (q *Queue) takeAtMostOnce(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {
+	items, err := q.c.Do(ctx, q.c.B().Lpop().Key(q.o.Keys.Queue).Count(int64(n)).Build()).ToArray()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return dst, err
+	}
+	if len(items) > 0 {
+		return appendMessages(dst, items)
+	}
+	kv, err := q.c.Do(ctx, q.c.B().Blmpop().Timeout(1).Numkeys(1).Key(q.o.Keys.Queue).
+		Left().Count(int64(n)).Build()).AsLMPop()
+	if rueidis.IsRedisNil(err) {
+		return dst, nil
+	}
+	if err != nil {
+		return dst, err
+	}
+	for _, v := range kv.Values {
+		dst = append(dst, newMessage(v))
+	}
+	return dst, nil
+}
+
+func appendMessages(dst []*engine.Message, items []rueidis.RedisMessage) ([]*engine.Message, error) {
+	for i := range items {
+		s, err := items[i].ToString()
+		if err != nil {
+			return dst, fmt.Errorf("unexpected reply in batch: %w", err)
+		}
+		dst = append(dst, newMessage(s))
+	}
+	return dst, nil
+}
+
+func newMessage(raw string) *engine.Message {
+	m := engine.GetMessage()
+	m.Raw = append(m.Raw[:0], raw...)
+	m.TakenAt = time.Now().UnixNano()
+	return m
+}
+
+// Ack implements engine.Source: the delivered entry leaves the in-flight list.
+func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
+	if q.o.Mode == AtMostOnce {
+		return nil
+	}
+	return q.c.Do(ctx, q.c.B().Lrem().Key(q.inflight).Count(1).Element(rueidis.BinaryString(m.Raw)).Build()).Error()
+}
+
+// Retry implements engine.Source. The member is added to the retry set before the entry leaves
+// in-flight: a crash in between duplicates it, never loses it. The two keys are fixed by ACA-Py
+// and may live on different cluster nodes, so they cannot be one script.
+func (q *Queue) Retry(ctx context.Context, m *engine.Message, retries int, delay time.Duration) error {
+	buf := q.getBuf()
+	defer q.putBuf(buf)
+	*buf = q.o.EncodeRetry((*buf)[:0], m, retries)
+	score := float64(time.Now().Add(delay).Unix()) // int(now + delay), as the reference scores
+	err := q.c.Do(ctx, q.c.B().Zadd().Key(q.o.Keys.RetrySet).ScoreMember().
+		ScoreMember(score, rueidis.BinaryString(*buf)).Build()).Error()
+	if err != nil {
+		return err
+	}
+	return q.Ack(ctx, m)
+}
+
+// DeadLetter implements engine.Source.
+func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Failure) error {
+	buf := q.getBuf()
+	defer q.putBuf(buf)
+	*buf = q.o.EncodeDead((*buf)[:0], m, f, q.o.Instance, time.Now())
+	entry := rueidis.BinaryString(*buf)
+	if q.o.Mode == AtLeastOnce && q.deadSame {
+		return deadScript.Exec(ctx, q.c, []string{q.o.Keys.Dead, q.inflight},
+			[]string{entry, rueidis.BinaryString(m.Raw)}).Error()
+	}
+	if err := q.c.Do(ctx, q.c.B().Rpush().Key(q.o.Keys.Dead).Element(entry).Build()).Error(); err != nil {
+		return err
+	}
+	return q.Ack(ctx, m)
+}
+
+// Release implements engine.Source: unstarted entries go back to the queue's head in order.
+func (q *Queue) Release(ctx context.Context, ms []*engine.Message) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	args := make([]string, len(ms))
+	for i, m := range ms {
+		args[i] = string(m.Raw)
+	}
+	if q.o.Mode == AtMostOnce {
+		// Reversed so that LPUSH leaves them in their original order.
+		for i, j := 0, len(args)-1; i < j; i, j = i+1, j-1 {
+			args[i], args[j] = args[j], args[i]
+		}
+		return q.c.Do(ctx, q.c.B().Lpush().Key(q.o.Keys.Queue).Element(args...).Build()).Error()
+	}
+	return releaseScript.Exec(ctx, q.c, []string{q.o.Keys.Queue, q.inflight}, args).Error()
+}
+
+func (q *Queue) getBuf() *[]byte {
+	if v := q.bufs.Get(); v != nil {
+		return v.(*[]byte)
+	}
+	b := make([]byte, 0, 1024)
+	return &b
+}
+
+func (q *Queue) putBuf(b *[]byte) { q.bufs.Put(b) }
+
+// Depth reports the lengths of the queue and the retry set, for metrics.
+func (q *Queue) Depth(ctx context.Context) (queue, retry, inflight int64, err error) {
+	cmds := []rueidis.Completed{
+		q.c.B().Llen().Key(q.o.Keys.Queue).Build(),
+		q.c.B().Zcard().Key(q.o.Keys.RetrySet).Build(),
+		q.c.B().Llen().Key(q.inflight).Build(),
+	}
+	rs := q.c.DoMulti(ctx, cmds...)
+	var out [3]int64
+	for i, r := range rs {
+		if out[i], err = r.AsInt64(); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	return out[0], out[1], out[2], nil
+}
+
+// Ping checks that every node answers, for the liveness endpoint.
+func (q *Queue) Ping(ctx context.Context) error {
+	for _, r := range q.c.DoMulti(ctx, q.c.B().Ping().Build()) {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Run keeps the lease alive, returns the in-flight messages of dead instances and pumps due
+// retries back to the queue until ctx ends. Redis errors are logged and retried, never fatal.
+func (q *Queue) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); q.leaseLoop(ctx) }()
+	go func() { defer wg.Done(); q.pumpLoop(ctx) }()
+	wg.Wait()
+}
+
+// Register writes this instance's leases. Call it before the first Take so that a crash right
+// after is already visible to the reapers.
+func (q *Queue) Register(ctx context.Context) error {
+	exp := float64(q.leaseExpiry())
+	rs := q.c.DoMulti(ctx,
+		q.c.B().Zadd().Key(q.o.Keys.leases).ScoreMember().ScoreMember(exp, q.o.Instance).Build(),
+		q.c.B().Zadd().Key(q.o.Keys.pumpLeases).ScoreMember().ScoreMember(exp, q.o.Instance).Build())
+	for _, r := range rs {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (q *Queue) leaseLoop(ctx context.Context) {
+	tick := time.NewTicker(q.o.Lease / 3)
+	defer tick.Stop()
+	for {
+		if err := q.Register(ctx); err != nil && ctx.Err() == nil {
+			q.o.Log.Warn("renewing the instance lease failed", "err", err)
+		}
+		if q.o.Mode == AtLeastOnce {
+			if err := q.reap(ctx); err != nil && ctx.Err() == nil {
+				q.o.Log.Warn("returning messages of dead instances failed", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// reap returns the in-flight lists of instances whose lease expired to the queue.
+func (q *Queue) reap(ctx context.Context) error {
+	now := time.Now().UnixMilli()
+	dead, err := q.c.Do(ctx, q.c.B().Zrangebyscore().Key(q.o.Keys.leases).Min("-inf").
+		Max(strconv.FormatInt(now, 10)).Build()).AsStrSlice()
+	if err != nil {
+		return err
+	}
+	for _, id := range dead {
+		if id == q.o.Instance {
+			continue
+		}
+		n, err := reapScript.Exec(ctx, q.c,
+			[]string{q.o.Keys.Queue, q.o.Keys.Inflight(id), q.o.Keys.leases},
+			[]string{id, strconv.FormatInt(now, 10), ""}).AsInt64()
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			q.o.Log.Info("returned in-flight messages of a dead instance to the queue", "instance", id, "count", n)
+		}
+	}
+	return nil
+}
+
+// Close gives back whatever is still in this instance's in-flight list (deliveries abandoned at
+// the drain deadline) and drops its leases. Call it after the pipeline has stopped.
+func (q *Queue) Close(ctx context.Context) error {
+	var errs []error
+	if q.o.Mode == AtLeastOnce {
+		n, err := reapScript.Exec(ctx, q.c,
+			[]string{q.o.Keys.Queue, q.inflight, q.o.Keys.leases},
+			[]string{q.o.Instance, "0", "force"}).AsInt64()
+		if err != nil {
+			errs = append(errs, err)
+		} else if n > 0 {
+			q.o.Log.Info("returned unfinished in-flight messages to the queue", "count", n)
+		}
+	}
+	if err := q.flushStaging(ctx); err != nil {
+		errs = append(errs, err)
+	} else if err := q.c.Do(ctx, q.c.B().Zrem().Key(q.o.Keys.pumpLeases).Member(q.o.Instance).Build()).Error(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

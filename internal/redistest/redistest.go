@@ -1,0 +1,299 @@
+// Package redistest starts real redis-server processes on free loopback ports for tests: a fresh
+// standalone server, or a Redis Cluster of several nodes. Servers can be stopped and restarted on
+// the same port to simulate outages. Nothing here mocks Redis.
+package redistest
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Option adjusts a server before it starts.
+type Option func(*Server)
+
+// AppendOnly turns on AOF persistence, so that a restart keeps the data.
+func AppendOnly() Option { return func(s *Server) { s.args = append(s.args, "--appendonly", "yes") } }
+
+// Args adds redis-server arguments.
+func Args(a ...string) Option { return func(s *Server) { s.args = append(s.args, a...) } }
+
+// Server is one redis-server process.
+type Server struct {
+	t    testing.TB
+	port int
+	dir  string
+	args []string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func binary(t testing.TB) string {
+	p, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server is not installed: run scripts/services.sh redis (%v)", err)
+	}
+	return p
+}
+
+// Standalone starts a fresh server for t, stopped when t ends.
+func Standalone(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	s := newServer(t, t.TempDir(), opts...)
+	s.startOrFail()
+	return s
+}
+
+func newServer(t testing.TB, dir string, opts ...Option) *Server {
+	s := &Server{t: t, dir: dir, args: []string{"--save", "", "--appendonly", "no"}}
+	for _, o := range opts {
+		o(s)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("redis-server :%d log tail:\n%s", s.port, s.logTail(30))
+		}
+		s.Kill()
+	})
+	return s
+}
+
+func (s *Server) startOrFail() {
+	s.t.Helper()
+	var err error
+	for range 5 { // another process may take the free port between choosing and binding it
+		s.port = FreePort()
+		if err = s.start(); err == nil {
+			return
+		}
+	}
+	s.t.Fatalf("starting redis-server: %v", err)
+}
+
+func (s *Server) start() error {
+	args := append([]string{
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
+		"--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no",
+	}, s.args...)
+	cmd := exec.Command(binary(s.t), args...)
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+	if err := WaitReady(s.Addr(), 10*time.Second); err != nil {
+		s.Kill()
+		return fmt.Errorf("%w; log:\n%s", err, s.logTail(10))
+	}
+	return nil
+}
+
+// Addr is host:port.
+func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
+
+// URL is the redis:// URL of the server.
+func (s *Server) URL() string { return "redis://" + s.Addr() }
+
+// Stop shuts the server down with SIGTERM and waits until it is gone.
+func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
+
+// Kill stops the server with SIGKILL.
+func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Start restarts a stopped server on the same port and directory.
+func (s *Server) Start() {
+	s.t.Helper()
+	var err error
+	for range 50 { // the old socket may linger for a moment
+		if err = s.start(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("restarting redis-server on %s: %v", s.Addr(), err)
+}
+
+func (s *Server) logTail(n int) string {
+	b, err := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	if err != nil {
+		return "(no log)"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ClusterServers is a Redis Cluster of primaries without replicas.
+type ClusterServers struct {
+	nodes []*Server
+}
+
+// Cluster starts an n-node cluster (n >= 3), stopped when t ends.
+func Cluster(t testing.TB, n int) *ClusterServers {
+	t.Helper()
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		t.Fatalf("redis-cli is not installed: run scripts/services.sh redis (%v)", err)
+	}
+	c := &ClusterServers{}
+	addrs := make([]string, n)
+	for i := range n {
+		s := newServer(t, t.TempDir(), Args("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "2000"))
+		s.startOrFail()
+		c.nodes = append(c.nodes, s)
+		addrs[i] = s.Addr()
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, a := range addrs {
+		for {
+			info, err := Do(a, "CLUSTER", "INFO")
+			if err == nil && strings.Contains(info, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster node %s not ok after 20 s: %v %s", a, err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return c
+}
+
+// Addrs lists the nodes' host:port.
+func (c *ClusterServers) Addrs() []string {
+	out := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		out[i] = n.Addr()
+	}
+	return out
+}
+
+// URL is the redis:// URL of the first node; cluster clients discover the others from it.
+func (c *ClusterServers) URL() string { return c.nodes[0].URL() }
+
+// Node returns node i, to stop or restart it.
+func (c *ClusterServers) Node(i int) *Server { return c.nodes[i] }
+
+// WaitReady waits until addr answers PING.
+func WaitReady(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		r, err := Do(addr, "PING")
+		if err == nil && r == "PONG" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("redis at %s not ready after %s: %v", addr, timeout, err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// Do sends one command over a fresh connection and renders the reply as text: simple strings,
+// bulk strings and integers as themselves, arrays one element per line, nil as "(nil)".
+func Do(addr string, args ...string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := conn.Write([]byte(b.String())); err != nil {
+		return "", err
+	}
+	return readReply(bufio.NewReader(conn))
+}
+
+func readReply(r *bufio.Reader) (string, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return "", errors.New("empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return "", errors.New(line[1:])
+	case '$':
+		n, _ := strconv.Atoi(line[1:])
+		if n < 0 {
+			return "(nil)", nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, _ := strconv.Atoi(line[1:])
+		parts := make([]string, 0, max(n, 0))
+		for range n {
+			p, err := readReply(r)
+			if err != nil {
+				return "", err
+			}
+			parts = append(parts, p)
+		}
+		return strings.Join(parts, "\n"), nil
+	}
+	return "", fmt.Errorf("unexpected reply %q", line)
+}
