@@ -31,9 +31,10 @@ test: services fmt-check vet
 bench: services
 	HERALD_BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/
 
+# CPU and heap profiles of the at-least-once drain (the default mode), read with go tool pprof.
 profile: services
-	HERALD_BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench Drain -benchtime 1x -count 1 -timeout 30m \
-		-cpuprofile ../profiles/drain-cpu.pprof -memprofile ../profiles/drain-heap.pprof ./bench/
+	HERALD_BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench 'Drain/at-least-once' -benchtime 1x -count 1 -timeout 30m \
+		-cpuprofile profiles/drain-cpu.pprof -memprofile profiles/drain-heap.pprof ./bench/
 	rm -f bench.test
 
 clean:
