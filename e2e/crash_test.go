@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/internal/fixture"
-	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/redistest"
 )
 
@@ -35,16 +34,9 @@ func TestKill9LosesNothingCluster(t *testing.T) {
 func testKill9(t *testing.T, redisURL string) {
 	n := crashMessages()
 	c := client(t, redisURL)
-	recv, err := fixture.NewReceiver(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer recv.Close()
+	recv := newReceiver(t, n)
 	prefix := "kill" + strconv.Itoa(rand.IntN(1e6))
-	keys := redisq.NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
-	if _, err := fixture.Fill(context.Background(), c, keys.Queue, recv.URL()+"/in", 0, n, 300); err != nil {
-		t.Fatal(err)
-	}
+	keys := fill(t, c, prefix, recv, 0, n)
 	env := []string{
 		"REDIS_SERVER_URL=" + redisURL, "TOPIC_PREFIX=" + prefix,
 		// A short lease so that a killed instance's messages come back within the test.
@@ -79,17 +71,10 @@ func TestSIGTERMDrains(t *testing.T) {
 	srv := redistest.Standalone(t)
 	c := client(t, srv.URL())
 	const n = 200
-	recv, err := fixture.NewReceiver(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer recv.Close()
+	recv := newReceiver(t, n)
 	recv.Respond = func(int) int { time.Sleep(300 * time.Millisecond); return 200 }
 	prefix := "term"
-	keys := redisq.NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
-	if _, err := fixture.Fill(context.Background(), c, keys.Queue, recv.URL()+"/in", 0, n, 300); err != nil {
-		t.Fatal(err)
-	}
+	keys := fill(t, c, prefix, recv, 0, n)
 	env := []string{"REDIS_SERVER_URL=" + srv.URL(), "TOPIC_PREFIX=" + prefix,
 		"HERALD_CONCURRENCY=8", "HERALD_BATCH=16", "HERALD_DRAIN_TIMEOUT=5s"}
 	p := start(t, env, "deliver")

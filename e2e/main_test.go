@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/internal/deliver"
+	"github.com/heraldhq/herald/internal/fixture"
+	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/redistest"
 	"github.com/redis/rueidis"
 	"log/slog"
@@ -166,4 +168,26 @@ func llen(t testing.TB, c rueidis.Client, key string) int64 {
 		t.Fatalf("LLEN %s: %v", key, err)
 	}
 	return n
+}
+
+// newReceiver starts a fixture receiver for ids 0..n-1, closed when t ends.
+func newReceiver(t testing.TB, n int) *fixture.Receiver {
+	t.Helper()
+	r, err := fixture.NewReceiver(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+// fill queues count numbered 300-byte messages, ids first.., addressed to recv, onto prefix's
+// outbound list, and returns the queue's keys.
+func fill(t testing.TB, c rueidis.Client, prefix string, recv *fixture.Receiver, first, count int) redisq.Keys {
+	t.Helper()
+	keys := redisq.NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
+	if _, err := fixture.Fill(context.Background(), c, keys.Queue, recv.URL()+"/in", first, count, 300); err != nil {
+		t.Fatal(err)
+	}
+	return keys
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"strconv"
 	"strings"
@@ -10,8 +9,6 @@ import (
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/acapy"
-	"github.com/heraldhq/herald/internal/fixture"
-	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/redistest"
 )
 
@@ -44,16 +41,9 @@ func TestRedisOutage(t *testing.T) {
 	srv := redistest.Standalone(t)
 	c := client(t, srv.URL())
 	const n = 2000
-	recv, err := fixture.NewReceiver(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer recv.Close()
+	recv := newReceiver(t, n)
 	prefix := "outage"
-	keys := redisq.NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
-	if _, err := fixture.Fill(context.Background(), c, keys.Queue, recv.URL()+"/in", 0, n/2, 300); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, c, prefix, recv, 0, n/2)
 	port, key := freePort(t), "k"
 	p := start(t, referenceEnv(srv.URL(), prefix, port, key), "deliver")
 	eventually(t, 20*time.Second, "first half delivered", func() bool { return recv.Total() >= n/2 })
@@ -92,10 +82,7 @@ func TestRedisOutage(t *testing.T) {
 
 	srv.Start()
 	t.Log("redis restarted (empty: it keeps nothing on disk)")
-	c2 := client(t, srv.URL())
-	if _, err := fixture.Fill(context.Background(), c2, keys.Queue, recv.URL()+"/in", n/2, n/2, 300); err != nil {
-		t.Fatal(err)
-	}
+	fill(t, client(t, srv.URL()), prefix, recv, n/2, n/2)
 	eventually(t, 30*time.Second, "delivery to resume after the outage", func() bool {
 		_, missing, _ := recv.Tally()
 		return missing == 0

@@ -5,8 +5,8 @@
 package acapy
 
 import (
+	"bytes"
 	"encoding/base64"
-	"errors"
 	"strconv"
 
 	"github.com/heraldhq/herald/engine"
@@ -486,7 +486,8 @@ func DecodeOutbound(m *engine.Message) error {
 }
 
 // decodeBase64 decodes url-safe base64, padded or not, accepting the standard alphabet's '+' and
-// '/' too, as Python's urlsafe_b64decode does.
+// '/' too, as Python's urlsafe_b64decode does. The url-safe alphabet is tried first, so the
+// common case reads the input once.
 func decodeBase64(dst, src []byte) ([]byte, error) {
 	for len(src) > 0 && src[len(src)-1] == '=' {
 		src = src[:len(src)-1]
@@ -495,36 +496,21 @@ func decodeBase64(dst, src []byte) ([]byte, error) {
 	if cap(dst) < n {
 		dst = make([]byte, 0, n)
 	}
-	dst = dst[:n]
-	// Only remap when the standard alphabet is used: the common case decodes in place.
-	for _, c := range src {
-		if c == '+' || c == '/' {
-			return decodeStdBase64(dst, src)
+	k, err := base64.RawURLEncoding.Decode(dst[:n], src)
+	if err == nil {
+		return dst[:k], nil
+	}
+	if ce, ok := err.(base64.CorruptInputError); ok && (src[ce] == '+' || src[ce] == '/') &&
+		bytes.IndexAny(src, "-_") < 0 {
+		if k, err = base64.RawStdEncoding.Decode(dst[:n], src); err == nil {
+			return dst[:k], nil
 		}
 	}
-	k, err := base64.RawURLEncoding.Decode(dst, src)
-	if err != nil {
-		return dst[:0], base64Error(err)
-	}
-	return dst[:k], nil
-}
-
-func decodeStdBase64(dst, src []byte) ([]byte, error) {
-	for _, c := range src {
-		if c == '-' || c == '_' {
-			return dst[:0], &DecodeError{Offset: -1, Reason: "payload is not valid base64: mixes url-safe and standard alphabets"}
-		}
-	}
-	k, err := base64.RawStdEncoding.Decode(dst, src)
-	if err != nil {
-		return dst[:0], base64Error(err)
-	}
-	return dst[:k], nil
+	return dst[:0], base64Error(err)
 }
 
 func base64Error(err error) error {
-	var ce base64.CorruptInputError
-	if errors.As(err, &ce) {
+	if ce, ok := err.(base64.CorruptInputError); ok {
 		return &DecodeError{Offset: -1, Reason: "payload is not valid base64: bad byte at offset " + strconv.Itoa(int(ce))}
 	}
 	return ErrPayloadBase64
