@@ -57,9 +57,14 @@ func drain(b *testing.B, redisURL, mode string) {
 		if _, err := fixture.Fill(ctx, c, keys.Queue, recv.URL()+"/in", 0, n, 300); err != nil {
 			b.Fatal(err)
 		}
-		cfg, err := config.LoadDeliver(config.MapEnv(map[string]string{
-			"REDIS_SERVER_URL": redisURL, "TOPIC_PREFIX": prefix, "HERALD_DELIVERY_MODE": mode,
-		}))
+		env := map[string]string{"REDIS_SERVER_URL": redisURL, "TOPIC_PREFIX": prefix, "HERALD_DELIVERY_MODE": mode}
+		// Tuning knobs pass through, so that `HERALD_CONCURRENCY=64 make bench` compares settings.
+		for _, k := range []string{"HERALD_CONCURRENCY", "HERALD_BATCH"} {
+			if v := os.Getenv(k); v != "" {
+				env[k] = v
+			}
+		}
+		cfg, err := config.LoadDeliver(config.MapEnv(env))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -72,6 +72,7 @@ type Queue struct {
 	inflight string
 	staging  string
 	deadSame bool // the dead list shares the queue's slot: dead-lettering is one script
+	acks     *acker
 
 	bufs sync.Pool
 }
@@ -97,13 +98,15 @@ func New(client rueidis.Client, o Options) *Queue {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	return &Queue{
+	q := &Queue{
 		c:        client,
 		o:        o,
 		inflight: o.Keys.Inflight(o.Instance),
 		staging:  o.Keys.Staging(o.Instance),
 		deadSame: Slot(o.Keys.Dead) == Slot(o.Keys.Queue),
 	}
+	q.acks = newAcker(client, q.inflight, o.Log)
+	return q
 }
 
 // Instance is the name this queue registers its lease under.
@@ -183,13 +186,18 @@ func newMessage(raw string) *engine.Message {
 	return m
 }
 
-// Ack implements engine.Source: the delivered entry leaves the in-flight list.
+// Ack implements engine.Source: the delivered entry leaves the in-flight list. The removal is
+// batched with other workers' and applied in the background by Run (or by Flush); until then the
+// entry stays in flight, so a crash before it redelivers the message rather than losing it.
 func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
-	if q.o.Mode == AtMostOnce {
-		return nil
+	if q.o.Mode == AtLeastOnce {
+		q.acks.add(m.Raw)
 	}
-	return q.c.Do(ctx, q.c.B().Lrem().Key(q.inflight).Count(1).Element(rueidis.BinaryString(m.Raw)).Build()).Error()
+	return nil
 }
+
+// Flush applies the acknowledgments made so far. Run does this continuously; Close does it last.
+func (q *Queue) Flush(ctx context.Context) error { return q.acks.flush(ctx) }
 
 // Retry implements engine.Source. The member is added to the retry set before the entry leaves
 // in-flight: a crash in between duplicates it, never loses it. The two keys are fixed by ACA-Py
@@ -283,7 +291,8 @@ func (q *Queue) Ping(ctx context.Context) error {
 // retries back to the queue until ctx ends. Redis errors are logged and retried, never fatal.
 func (q *Queue) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); q.acks.run(ctx) }()
 	go func() { defer wg.Done(); q.leaseLoop(ctx) }()
 	go func() { defer wg.Done(); q.pumpLoop(ctx) }()
 	wg.Wait()
@@ -349,10 +358,16 @@ func (q *Queue) reap(ctx context.Context) error {
 	return nil
 }
 
-// Close gives back whatever is still in this instance's in-flight list (deliveries abandoned at
-// the drain deadline) and drops its leases. Call it after the pipeline has stopped.
+// Close applies the last acknowledgments, gives back whatever is still in this instance's
+// in-flight list (deliveries abandoned at the drain deadline) and drops its leases. Call it after
+// the pipeline and Run have stopped.
 func (q *Queue) Close(ctx context.Context) error {
 	var errs []error
+	if err := q.Flush(ctx); err != nil {
+		// Without the acknowledgments, giving back in-flight entries would redeliver delivered
+		// messages; leave them for the lease to expire instead.
+		return err
+	}
 	if q.o.Mode == AtLeastOnce {
 		n, err := reapScript.Exec(ctx, q.c,
 			[]string{q.o.Keys.Queue, q.inflight, q.o.Keys.leases},

@@ -95,6 +95,9 @@ func testTakeAckRelease(t *testing.T, url string) {
 	if err := q.Release(ctx, got[2:]); err != nil {
 		t.Fatal(err)
 	}
+	if err := q.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if l := lrange(t, c, q.o.Keys.Queue); fmt.Sprint(l) != "[c d e]" {
 		t.Fatalf("queue after release: %v (released entries go back to the head)", l)
 	}

@@ -1,0 +1,139 @@
+package redisq
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// ackScript removes delivered entries from an in-flight list, many per call.
+// KEYS: inflight. ARGV: the entries.
+var ackScript = rueidis.NewLuaScript(`
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return #ARGV
+`)
+
+// acker removes delivered entries from the in-flight list in the background, many per round trip,
+// so that a worker does not wait for Redis after each delivery. An acknowledgment that a crash
+// loses leaves the entry in flight: it is delivered again, never lost.
+type acker struct {
+	c        rueidis.Client
+	inflight string
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	pending []byte // entries back to back
+	ends    []int  // where each entry in pending ends
+	wake    chan struct{}
+	flushed *sync.Cond // broadcast after every flush, for Flush callers
+	inFlush bool
+}
+
+const maxAckBatch = 512
+
+func newAcker(c rueidis.Client, inflight string, log *slog.Logger) *acker {
+	a := &acker{c: c, inflight: inflight, log: log, wake: make(chan struct{}, 1)}
+	a.flushed = sync.NewCond(&a.mu)
+	return a
+}
+
+// add queues raw for removal.
+func (a *acker) add(raw []byte) {
+	a.mu.Lock()
+	a.pending = append(a.pending, raw...)
+	a.ends = append(a.ends, len(a.pending))
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run flushes until ctx ends; the caller then calls flush once more for what is left.
+func (a *acker) run(ctx context.Context) {
+	var buf []byte
+	var ends []int
+	var args []string
+	var backoff time.Duration
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.wake:
+		}
+		for {
+			a.mu.Lock()
+			if len(a.ends) == 0 {
+				a.mu.Unlock()
+				break
+			}
+			// Swap buffers: workers keep appending to the other one while this one is sent.
+			buf, a.pending = a.pending, buf[:0]
+			ends, a.ends = a.ends, ends[:0]
+			a.inFlush = true
+			a.mu.Unlock()
+
+			for err := a.send(ctx, buf, ends, &args); err != nil; err = a.send(ctx, buf, ends, &args) {
+				if ctx.Err() != nil {
+					// Put them back for the final flush.
+					a.mu.Lock()
+					a.pending = append(a.pending, buf...)
+					a.ends = appendShifted(a.ends, ends, len(a.pending)-len(buf))
+					a.inFlush = false
+					a.flushed.Broadcast()
+					a.mu.Unlock()
+					return
+				}
+				backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
+				a.log.Warn("acknowledging delivered messages failed; retrying", "count", len(ends), "err", err, "retry_in", backoff)
+				wait(ctx, backoff)
+			}
+			backoff = 0
+			a.mu.Lock()
+			a.inFlush = false
+			a.flushed.Broadcast()
+			a.mu.Unlock()
+		}
+	}
+}
+
+func appendShifted(dst, ends []int, shift int) []int {
+	for _, e := range ends {
+		dst = append(dst, e+shift)
+	}
+	return dst
+}
+
+// send removes the entries of buf in batches of maxAckBatch.
+func (a *acker) send(ctx context.Context, buf []byte, ends []int, args *[]string) error {
+	start := 0
+	for len(ends) > 0 {
+		n := min(len(ends), maxAckBatch)
+		*args = (*args)[:0]
+		for _, e := range ends[:n] {
+			*args = append(*args, rueidis.BinaryString(buf[start:e]))
+			start = e
+		}
+		if err := ackScript.Exec(ctx, a.c, []string{a.inflight}, *args).Error(); err != nil {
+			return err
+		}
+		ends = ends[n:]
+	}
+	return nil
+}
+
+// flush sends whatever is pending now, after the background loop has stopped.
+func (a *acker) flush(ctx context.Context) error {
+	a.mu.Lock()
+	for a.inFlush {
+		a.flushed.Wait()
+	}
+	buf, ends := a.pending, a.ends
+	a.pending, a.ends = nil, nil
+	a.mu.Unlock()
+	var args []string
+	return a.send(ctx, buf, ends, &args)
+}
