@@ -277,11 +277,12 @@ func (q *Queue) Depth(ctx context.Context) (queue, retry, inflight int64, err er
 	return out[0], out[1], out[2], nil
 }
 
-// Ping checks that every node answers, for the liveness endpoint.
+// Ping checks that every node answers (every primary of a cluster, as the reference's liveness
+// check does), for the liveness endpoint.
 func (q *Queue) Ping(ctx context.Context) error {
-	for _, r := range q.c.DoMulti(ctx, q.c.B().Ping().Build()) {
-		if err := r.Error(); err != nil {
-			return err
+	for addr, node := range q.c.Nodes() {
+		if err := node.Do(ctx, node.B().Ping().Build()).Error(); err != nil {
+			return fmt.Errorf("redis %s: %w", addr, err)
 		}
 	}
 	return nil

@@ -286,3 +286,17 @@ func TestAtMostOnce(t *testing.T) {
 		t.Fatalf("queue after release: %v", l)
 	}
 }
+
+func TestPingEveryClusterNode(t *testing.T) {
+	cl := redistest.Cluster(t, 3)
+	q := newQueue(newClient(t, cl.URL()), "ping", Options{})
+	if err := q.Ping(context.Background()); err != nil {
+		t.Fatalf("healthy cluster: %v", err)
+	}
+	cl.Node(2).Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := q.Ping(ctx); err == nil {
+		t.Fatal("a cluster with a stopped primary still answers every PING")
+	}
+}
