@@ -4,7 +4,7 @@ BIN     := bin/herald
 PKGS    := ./...
 BENCH_N ?= 200000
 
-.PHONY: all build demo test vet fmt-check bench profile services clean
+.PHONY: all build demo test vet fmt-check bench profile services tools clean
 
 all: build
 
@@ -27,9 +27,14 @@ fmt-check:
 test: services fmt-check vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-# Drains BENCH_N prefilled 300-byte messages into a local fasthttp receiver and prints the rate.
-bench: services
+# In one run: the ceiling (wrk POSTing into the receiver), then BENCH_N prefilled 300-byte messages
+# drained into the same receiver in both delivery modes, then the herald binary's rate and peak RSS.
+bench: services tools
 	HERALD_BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/
+
+# Load generators the benchmarks use, from Debian's packages.
+tools:
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk"; apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq wrk >/dev/null 2>&1 || sudo apt-get install -y -qq wrk >/dev/null; }
 
 # CPU and heap profiles of the at-least-once drain (the default mode), read with go tool pprof.
 profile: services

@@ -28,15 +28,36 @@ func messages() int {
 }
 
 // BenchmarkDrain prefills the outbound list with 300-byte messages and measures how fast
-// `herald deliver`, with its default settings, empties it into a local fasthttp receiver.
+// `herald deliver`, with its default settings, empties it into a local fasthttp receiver, in both
+// delivery modes, beside the ceiling (wrk into the same receiver) measured in the same run.
 func BenchmarkDrain(b *testing.B) {
 	srv := redistest.Standalone(b)
+	top := ceiling(b)
+	rates := map[string]float64{}
 	for _, mode := range []string{"at-least-once", "at-most-once"} {
-		b.Run(mode, func(b *testing.B) { drain(b, srv.URL(), mode) })
+		b.Run(mode, func(b *testing.B) {
+			rates[mode] = drain(b, srv.URL(), mode)
+			if top > 0 {
+				b.ReportMetric(rates[mode]/top, "of-ceiling")
+			}
+		})
+	}
+	if rates["at-most-once"] > 0 {
+		fmt.Printf("summary: ceiling %.0f req/s; at-least-once %.0f msgs/s (%.2f of ceiling); at-most-once %.0f msgs/s (%.2f of ceiling); at-least-once / at-most-once = %.2f",
+			top, rates["at-least-once"], ratio(rates["at-least-once"], top), rates["at-most-once"], ratio(rates["at-most-once"], top),
+			rates["at-least-once"]/rates["at-most-once"])
+		fmt.Println()
 	}
 }
 
-func drain(b *testing.B, redisURL, mode string) {
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+func drain(b *testing.B, redisURL, mode string) float64 {
 	n := messages()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx := context.Background()
@@ -91,6 +112,8 @@ func drain(b *testing.B, redisURL, mode string) {
 		_ = recv.Close()
 		_ = c.Do(ctx, c.B().Del().Key(keys.Queue).Build()).Error()
 	}
-	b.ReportMetric(float64(n*b.N)/total.Seconds(), "msgs/s")
+	rate := float64(n*b.N) / total.Seconds()
+	b.ReportMetric(rate, "msgs/s")
 	b.ReportMetric(0, "ns/op")
+	return rate
 }

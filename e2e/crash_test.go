@@ -98,3 +98,34 @@ func TestSIGTERMDrains(t *testing.T) {
 		t.Errorf("head of queue is id %d, which was already delivered or unreadable", id)
 	}
 }
+
+// TestSlowSinkBackpressure: when every request takes 2 s, Herald keeps at most its concurrency
+// (plus a batch or two) in flight and leaves the rest in Redis, instead of growing in memory.
+func TestSlowSinkBackpressure(t *testing.T) {
+	srv := redistest.Standalone(t)
+	c := client(t, srv.URL())
+	const n = 20000
+	recv := newReceiver(t, n)
+	recv.Respond = func(int) int { time.Sleep(2 * time.Second); return 200 }
+	keys := fill(t, c, "slow", recv, 0, n)
+	p := start(t, []string{"REDIS_SERVER_URL=" + srv.URL(), "TOPIC_PREFIX=slow"}, "deliver")
+	time.Sleep(6 * time.Second)
+	lists, _ := c.Do(context.Background(), c.B().Keys().Pattern("{"+keys.Queue+"}:inflight:*").Build()).AsStrSlice()
+	if len(lists) != 1 {
+		t.Fatalf("in-flight lists: %v", lists)
+	}
+	held := llen(t, c, lists[0])
+	queued := llen(t, c, keys.Queue)
+	rss := fixture.PeakRSS(p.cmd.Process.Pid)
+	t.Logf("after 6 s against a 2 s receiver: %d delivered, %d in flight, %d still queued, peak RSS %.1f MiB",
+		recv.Total(), held, queued, float64(rss)/(1<<20))
+	if held > 256+2*64 {
+		t.Errorf("%d messages in flight; the default concurrency 256 plus two batches of 64 is the bound", held)
+	}
+	if rss > 64<<20 {
+		t.Errorf("peak RSS %d MiB, want at most 64 MiB", rss>>20)
+	}
+	if int(queued)+int(held)+int(recv.Total()) < n {
+		t.Errorf("messages unaccounted for: queued %d + in flight %d + received %d < %d", queued, held, recv.Total(), n)
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,13 +33,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	heraldBin = filepath.Join(dir, "herald")
-	// Built without -race even when the tests run with it: the kill tests drain 100,000
-	// messages several times and measure the binary operators run.
-	build := exec.Command("go", "build", "-o", heraldBin, "../cmd/herald")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building herald:", err)
+	if heraldBin, err = fixture.BuildHerald(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
