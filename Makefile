@@ -4,7 +4,7 @@ BIN     := bin/herald
 PKGS    := ./...
 BENCH_N ?= 200000
 
-.PHONY: all build demo test vet fmt-check bench profile services tools clean
+.PHONY: all build demo test vet fmt-check bench bench-check profile services tools clean
 
 all: build
 
@@ -31,6 +31,10 @@ test: services fmt-check vet
 # drained into the same receiver in both delivery modes, then the herald binary's rate and peak RSS.
 bench: services tools
 	HERALD_BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/
+
+# CI's performance guard: zero allocations on the hot path, a drain floor, a p99 limit.
+bench-check: services
+	bash scripts/bench-check.sh
 
 # Load generators the benchmarks use, from Debian's packages.
 tools:

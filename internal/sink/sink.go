@@ -155,15 +155,7 @@ func (s *Sink) post(m *engine.Message) engine.Result {
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 
-	req.Header.DisableNormalizing()
-	req.Header.SetMethod(fasthttp.MethodPost)
-	req.SetRequestURIBytes(m.URL)
-	req.Header.SetNoDefaultContentType(true)
-	for _, h := range m.Headers {
-		req.Header.SetBytesKV(h.Name, h.Value)
-	}
-	req.SetBodyRaw(m.Payload)
-
+	buildRequest(req, m)
 	if err := s.http.DoTimeout(req, resp, s.timeout); err != nil {
 		return engine.Result{Err: err}
 	}
@@ -176,6 +168,19 @@ func (s *Sink) post(m *engine.Message) engine.Result {
 		return engine.Result{Err: err, Status: code}
 	}
 	return engine.Result{Status: code}
+}
+
+// buildRequest turns m into a POST with exactly the entry's header names and values. The body is
+// referenced, not copied: m outlives the request.
+func buildRequest(req *fasthttp.Request, m *engine.Message) {
+	req.Header.DisableNormalizing()
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURIBytes(m.URL)
+	req.Header.SetNoDefaultContentType(true)
+	for _, h := range m.Headers {
+		req.Header.SetBytesKV(h.Name, h.Value)
+	}
+	req.SetBodyRaw(m.Payload)
 }
 
 // frame opens a WebSocket with the entry's headers, sends the payload as one binary frame and

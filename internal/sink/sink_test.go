@@ -14,6 +14,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/heraldhq/herald/engine"
+	"github.com/valyala/fasthttp"
 )
 
 func message(url string, body string, headers ...string) *engine.Message {
@@ -159,4 +160,15 @@ func BenchmarkDeliverHTTP(b *testing.B) {
 			}
 		}
 	})
+}
+
+func BenchmarkBuildRequest(b *testing.B) {
+	m := message("http://127.0.0.1:8080/endpoint-1", strings.Repeat("x", 300),
+		"Content-Type", "application/json", "x-api-key", "secret-key", "x-wallet-id", "w-1")
+	b.ReportAllocs()
+	for b.Loop() {
+		req := fasthttp.AcquireRequest()
+		buildRequest(req, m)
+		fasthttp.ReleaseRequest(req)
+	}
 }
