@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/fixture"
 	"github.com/heraldhq/herald/internal/redistest"
 )
 
@@ -61,7 +62,7 @@ func TestReferenceDrainRate(t *testing.T) {
 			t.Fatalf("%s did not deliver everything", name)
 		}
 		took := time.Since(t0)
-		cpu := float64(cpuTicks(t, cmd.Process.Pid)*10) / float64(took.Milliseconds()) * 100
+		cpu := 100 * fixture.CPUTime(cmd.Process.Pid).Seconds() / took.Seconds()
 		r := float64(n) / took.Seconds()
 		t.Logf("%s: %d messages in %s: %.0f msgs/s, %.0f%% of a core (startup included)", name, n, took.Round(time.Millisecond), r, cpu)
 		return r
