@@ -90,7 +90,7 @@ func TestSIGTERMDrains(t *testing.T) {
 	inflight, _ := c.Do(context.Background(), c.B().Keys().Pattern("{"+keys.Queue+"}:inflight:*").Build()).AsStrSlice()
 	t.Logf("received %d, back in queue %d, duplicates %d", received, queued, dups)
 	if received+int(queued) != n || len(inflight) != 0 {
-		t.Fatalf("received %d + queued %d != %d, or in-flight lists left: %v", received, queued, n, inflight)
+		t.Fatalf("received %d + queued %d != %d, or in-flight entries left: %v", received, queued, n, inflight)
 	}
 	// What was put back must be the oldest undelivered ids, first in line.
 	head, _ := c.Do(context.Background(), c.B().Lindex().Key(keys.Queue).Index(0).Build()).ToString()
@@ -110,11 +110,14 @@ func TestSlowSinkBackpressure(t *testing.T) {
 	keys := fill(t, c, "slow", recv, 0, n)
 	p := start(t, []string{"REDIS_SERVER_URL=" + srv.URL(), "TOPIC_PREFIX=slow"}, "deliver")
 	time.Sleep(6 * time.Second)
-	lists, _ := c.Do(context.Background(), c.B().Keys().Pattern("{"+keys.Queue+"}:inflight:*").Build()).AsStrSlice()
-	if len(lists) != 1 {
-		t.Fatalf("in-flight lists: %v", lists)
+	hashes, _ := c.Do(context.Background(), c.B().Keys().Pattern("{"+keys.Queue+"}:inflight:*").Build()).AsStrSlice()
+	if len(hashes) != 1 {
+		t.Fatalf("in-flight hashes: %v", hashes)
 	}
-	held := llen(t, c, lists[0])
+	held, err := c.Do(context.Background(), c.B().Hlen().Key(hashes[0]).Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
 	queued := llen(t, c, keys.Queue)
 	rss := fixture.PeakRSS(p.cmd.Process.Pid)
 	t.Logf("after 6 s against a 2 s receiver: %d delivered, %d in flight, %d still queued, peak RSS %.1f MiB",

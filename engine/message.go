@@ -15,8 +15,7 @@ type Header struct {
 // the Message owns, so a Message is reused through GetMessage/PutMessage and decoding it allocates
 // nothing once its buffers have grown.
 type Message struct {
-	// Raw is the entry exactly as the broker holds it. List-based sources use it as the
-	// acknowledgment handle (the entry is removed from the in-flight list by value).
+	// Raw is the entry exactly as the broker holds it.
 	Raw []byte
 
 	// URL, Headers and Payload are filled by a Decoder: where to deliver, with which headers,
@@ -30,6 +29,9 @@ type Message struct {
 
 	// TakenAt is when the Source handed the message out, in Unix nanoseconds.
 	TakenAt int64
+
+	// Token is the Source's own handle on the message (its in-flight slot, a delivery tag).
+	Token uint64
 
 	// Scratch is spare storage a Decoder may use for unescaped strings; it is kept across reuse.
 	Scratch []byte
@@ -46,6 +48,7 @@ func (m *Message) Reset() {
 	m.Payload = m.Payload[:0]
 	m.Retries = 0
 	m.TakenAt = 0
+	m.Token = 0
 	m.Scratch = m.Scratch[:0]
 }
 

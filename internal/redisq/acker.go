@@ -3,20 +3,14 @@ package redisq
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
 )
 
-// ackScript removes delivered entries from an in-flight list, many per call.
-// KEYS: inflight. ARGV: the entries.
-var ackScript = rueidis.NewLuaScript(`
-for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
-return #ARGV
-`)
-
-// acker removes delivered entries from the in-flight list in the background, many per round trip,
+// acker removes delivered entries from the in-flight hash in the background, many per HDEL,
 // so that a worker does not wait for Redis after each delivery. An acknowledgment that a crash
 // loses leaves the entry in flight: it is delivered again, never lost.
 type acker struct {
@@ -25,8 +19,8 @@ type acker struct {
 	log      *slog.Logger
 
 	mu      sync.Mutex
-	pending []byte // entries back to back
-	ends    []int  // where each entry in pending ends
+	pending []byte // sequence numbers in decimal, back to back
+	ends    []int  // where each number in pending ends
 	wake    chan struct{}
 	flushed *sync.Cond // broadcast after every flush, for Flush callers
 	inFlush bool
@@ -40,10 +34,10 @@ func newAcker(c rueidis.Client, inflight string, log *slog.Logger) *acker {
 	return a
 }
 
-// add queues raw for removal.
-func (a *acker) add(raw []byte) {
+// add queues the in-flight entry seq for removal.
+func (a *acker) add(seq uint64) {
 	a.mu.Lock()
-	a.pending = append(a.pending, raw...)
+	a.pending = strconv.AppendUint(a.pending, seq, 10)
 	a.ends = append(a.ends, len(a.pending))
 	a.mu.Unlock()
 	select {
@@ -117,7 +111,7 @@ func (a *acker) send(ctx context.Context, buf []byte, ends []int, args *[]string
 			*args = append(*args, rueidis.BinaryString(buf[start:e]))
 			start = e
 		}
-		if err := ackScript.Exec(ctx, a.c, []string{a.inflight}, *args).Error(); err != nil {
+		if err := a.c.Do(ctx, a.c.B().Hdel().Key(a.inflight).Field(*args...).Build()).Error(); err != nil {
 			return err
 		}
 		ends = ends[n:]

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
@@ -19,9 +20,9 @@ import (
 type Mode int
 
 const (
-	// AtLeastOnce moves taken entries into a per-instance in-flight list in the same step that
-	// takes them and removes them only once settled; a dead instance's list is returned to the
-	// queue by the survivors. A crash duplicates at worst.
+	// AtLeastOnce moves taken entries into a per-instance in-flight hash in the same step that
+	// takes them and removes them only once settled; a dead instance's entries are returned to
+	// the queue by the survivors. A crash duplicates at worst.
 	AtLeastOnce Mode = iota
 	// AtMostOnce pops entries like the reference deliverer (BLPOP): a crash loses what the
 	// instance held. Kept for comparison and for operators who ask for it.
@@ -73,6 +74,7 @@ type Queue struct {
 	staging  string
 	deadSame bool // the dead list shares the queue's slot: dead-lettering is one script
 	acks     *acker
+	seq      atomic.Uint64 // next in-flight sequence number
 
 	bufs sync.Pool
 }
@@ -112,7 +114,7 @@ func New(client rueidis.Client, o Options) *Queue {
 // Instance is the name this queue registers its lease under.
 func (q *Queue) Instance() string { return q.o.Instance }
 
-// InflightKey is this instance's in-flight list.
+// InflightKey is this instance's in-flight hash (sequence number -> entry).
 func (q *Queue) InflightKey() string { return q.inflight }
 
 // leaseExpiry is when a lease renewed now runs out, in Unix milliseconds.
@@ -123,27 +125,41 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 	if q.o.Mode == AtMostOnce {
 		return q.takeAtMostOnce(ctx, dst, n)
 	}
-	res := takeScript.Exec(ctx, q.c,
-		[]string{q.o.Keys.Queue, q.inflight, q.o.Keys.leases},
-		[]string{strconv.Itoa(n), q.o.Instance, strconv.FormatInt(q.leaseExpiry(), 10)})
-	items, err := res.ToArray()
-	if err != nil {
+	dst, took, err := q.take(ctx, dst, n)
+	if err != nil || took > 0 {
 		return dst, err
 	}
-	if len(items) > 0 {
-		return appendMessages(dst, items)
-	}
-	// Nothing queued: wait on the server, not in a loop. The one entry it brings is moved into
-	// in-flight by the same command, so waiting loses nothing either.
-	v, err := q.c.Do(ctx, q.c.B().Blmove().Source(q.o.Keys.Queue).Destination(q.inflight).
-		Left().Right().Timeout(1).Build()).ToString()
+	// Nothing queued: wait on the server, not in a loop. BLMOVE from the queue onto its own
+	// head returns as soon as an entry arrives and leaves it where it was, so waiting takes
+	// nothing out of the queue; the script then takes it.
+	err = q.c.Do(ctx, q.c.B().Blmove().Source(q.o.Keys.Queue).Destination(q.o.Keys.Queue).
+		Left().Left().Timeout(1).Build()).Error()
 	if rueidis.IsRedisNil(err) {
 		return dst, nil
 	}
 	if err != nil {
 		return dst, err
 	}
-	return append(dst, newMessage(v)), nil
+	dst, _, err = q.take(ctx, dst, n)
+	return dst, err
+}
+
+// take runs the take script once and appends what it moved in flight.
+func (q *Queue) take(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, int, error) {
+	first := q.seq.Add(uint64(n)) - uint64(n)
+	items, err := takeScript.Exec(ctx, q.c,
+		[]string{q.o.Keys.Queue, q.inflight, q.o.Keys.leases},
+		[]string{strconv.Itoa(n), q.o.Instance, strconv.FormatInt(q.leaseExpiry(), 10),
+			strconv.FormatUint(first, 10)}).ToArray()
+	if err != nil {
+		return dst, 0, err
+	}
+	start := len(dst)
+	dst, err = appendMessages(dst, items)
+	for i, m := range dst[start:] {
+		m.Token = first + uint64(i)
+	}
+	return dst, len(dst) - start, err
 }
 
 func (q *Queue) takeAtMostOnce(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {
@@ -186,12 +202,12 @@ func newMessage(raw string) *engine.Message {
 	return m
 }
 
-// Ack implements engine.Source: the delivered entry leaves the in-flight list. The removal is
+// Ack implements engine.Source: the delivered entry leaves the in-flight hash. The removal is
 // batched with other workers' and applied in the background by Run (or by Flush); until then the
 // entry stays in flight, so a crash before it redelivers the message rather than losing it.
 func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
 	if q.o.Mode == AtLeastOnce {
-		q.acks.add(m.Raw)
+		q.acks.add(m.Token)
 	}
 	return nil
 }
@@ -223,7 +239,7 @@ func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Fail
 	entry := rueidis.BinaryString(*buf)
 	if q.o.Mode == AtLeastOnce && q.deadSame {
 		return deadScript.Exec(ctx, q.c, []string{q.o.Keys.Dead, q.inflight},
-			[]string{entry, rueidis.BinaryString(m.Raw)}).Error()
+			[]string{entry, strconv.FormatUint(m.Token, 10)}).Error()
 	}
 	if err := q.c.Do(ctx, q.c.B().Rpush().Key(q.o.Keys.Dead).Element(entry).Build()).Error(); err != nil {
 		return err
@@ -237,15 +253,18 @@ func (q *Queue) Release(ctx context.Context, ms []*engine.Message) error {
 		return nil
 	}
 	args := make([]string, len(ms))
-	for i, m := range ms {
-		args[i] = string(m.Raw)
-	}
 	if q.o.Mode == AtMostOnce {
+		for i, m := range ms {
+			args[i] = string(m.Raw)
+		}
 		// Reversed so that LPUSH leaves them in their original order.
 		for i, j := 0, len(args)-1; i < j; i, j = i+1, j-1 {
 			args[i], args[j] = args[j], args[i]
 		}
 		return q.c.Do(ctx, q.c.B().Lpush().Key(q.o.Keys.Queue).Element(args...).Build()).Error()
+	}
+	for i, m := range ms {
+		args[i] = strconv.FormatUint(m.Token, 10)
 	}
 	return releaseScript.Exec(ctx, q.c, []string{q.o.Keys.Queue, q.inflight}, args).Error()
 }
@@ -265,7 +284,7 @@ func (q *Queue) Depth(ctx context.Context) (queue, retry, inflight int64, err er
 	cmds := []rueidis.Completed{
 		q.c.B().Llen().Key(q.o.Keys.Queue).Build(),
 		q.c.B().Zcard().Key(q.o.Keys.RetrySet).Build(),
-		q.c.B().Llen().Key(q.inflight).Build(),
+		q.c.B().Hlen().Key(q.inflight).Build(),
 	}
 	rs := q.c.DoMulti(ctx, cmds...)
 	var out [3]int64
@@ -334,7 +353,7 @@ func (q *Queue) leaseLoop(ctx context.Context) {
 	}
 }
 
-// reap returns the in-flight lists of instances whose lease expired to the queue.
+// reap returns the in-flight entries of instances whose lease expired to the queue.
 func (q *Queue) reap(ctx context.Context) error {
 	now := time.Now().UnixMilli()
 	dead, err := q.c.Do(ctx, q.c.B().Zrangebyscore().Key(q.o.Keys.leases).Min("-inf").
@@ -360,7 +379,7 @@ func (q *Queue) reap(ctx context.Context) error {
 }
 
 // Close applies the last acknowledgments, gives back whatever is still in this instance's
-// in-flight list (deliveries abandoned at the drain deadline) and drops its leases. Call it after
+// in-flight hash (deliveries abandoned at the drain deadline) and drops its leases. Call it after
 // the pipeline and Run have stopped.
 func (q *Queue) Close(ctx context.Context) error {
 	var errs []error

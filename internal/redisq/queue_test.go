@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sort"
 	"strconv"
 	"sync"
 	"testing"
@@ -62,6 +63,29 @@ func lrange(t testing.TB, c rueidis.Client, key string) []string {
 	return v
 }
 
+// held lists an in-flight hash's entries in the order they were taken.
+func held(t testing.TB, c rueidis.Client, key string) []string {
+	t.Helper()
+	m, err := c.Do(context.Background(), c.B().Hgetall().Key(key).Build()).AsStrMap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := make([]int, 0, len(m))
+	for k := range m {
+		n, err := strconv.Atoi(k)
+		if err != nil {
+			t.Fatalf("in-flight field %q is not a sequence number", k)
+		}
+		seqs = append(seqs, n)
+	}
+	sort.Ints(seqs)
+	out := make([]string, len(seqs))
+	for i, n := range seqs {
+		out[i] = m[strconv.Itoa(n)]
+	}
+	return out
+}
+
 func raws(ms []*engine.Message) []string {
 	out := make([]string, len(ms))
 	for i, m := range ms {
@@ -83,7 +107,7 @@ func testTakeAckRelease(t *testing.T, url string) {
 	if err != nil || fmt.Sprint(raws(got)) != "[a b c]" {
 		t.Fatalf("take: %v %v", raws(got), err)
 	}
-	if fl := lrange(t, c, q.InflightKey()); fmt.Sprint(fl) != "[a b c]" {
+	if fl := held(t, c, q.InflightKey()); fmt.Sprint(fl) != "[a b c]" {
 		t.Fatalf("in-flight after take: %v", fl)
 	}
 	if err := q.Ack(ctx, got[1]); err != nil {
@@ -101,7 +125,7 @@ func testTakeAckRelease(t *testing.T, url string) {
 	if l := lrange(t, c, q.o.Keys.Queue); fmt.Sprint(l) != "[c d e]" {
 		t.Fatalf("queue after release: %v (released entries go back to the head)", l)
 	}
-	if fl := lrange(t, c, q.InflightKey()); len(fl) != 0 {
+	if fl := held(t, c, q.InflightKey()); len(fl) != 0 {
 		t.Fatalf("in-flight not empty: %v", fl)
 	}
 	zs, err := c.Do(ctx, c.B().Zrange().Key(q.o.Keys.RetrySet).Min("0").Max("-1").Withscores().Build()).AsZScores()
@@ -131,7 +155,7 @@ func testTakeAckRelease(t *testing.T, url string) {
 	// ...and a push during the wait is taken at once, into in-flight.
 	go func() { time.Sleep(200 * time.Millisecond); push(t, c, q.o.Keys.Queue, "late") }()
 	got, err = q.Take(ctx, got[:0], 10)
-	if err != nil || fmt.Sprint(raws(got)) != "[late]" || fmt.Sprint(lrange(t, c, q.InflightKey())) != "[late]" {
+	if err != nil || fmt.Sprint(raws(got)) != "[late]" || fmt.Sprint(held(t, c, q.InflightKey())) != "[late]" {
 		t.Fatalf("blocking take: %v %v", raws(got), err)
 	}
 }
@@ -162,7 +186,7 @@ func TestReapReturnsDeadInstanceMessages(t *testing.T) {
 	if l := lrange(t, c, live.o.Keys.Queue); fmt.Sprint(l) != "[1 2 3 4]" {
 		t.Fatalf("after the lease expired the queue is %v, want [1 2 3 4]", l)
 	}
-	if fl := lrange(t, c, dead.InflightKey()); len(fl) != 0 {
+	if fl := held(t, c, dead.InflightKey()); len(fl) != 0 {
 		t.Fatalf("dead in-flight list not emptied: %v", fl)
 	}
 }
@@ -276,7 +300,7 @@ func TestAtMostOnce(t *testing.T) {
 	if err != nil || fmt.Sprint(raws(got)) != "[a b]" {
 		t.Fatalf("take: %v %v", raws(got), err)
 	}
-	if fl := lrange(t, c, q.InflightKey()); len(fl) != 0 {
+	if fl := held(t, c, q.InflightKey()); len(fl) != 0 {
 		t.Fatalf("at-most-once keeps no in-flight list: %v", fl)
 	}
 	if err := q.Release(ctx, got); err != nil {

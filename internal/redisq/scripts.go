@@ -5,49 +5,65 @@ import "github.com/redis/rueidis"
 // Every script touches only the keys it is given, all in one slot, so it runs unchanged on a
 // cluster. They are loaded once and called by SHA (rueidis falls back to EVAL after a restart).
 
-// takeScript renews the lease and moves up to ARGV[1] entries from the queue's head to the tail of
-// the in-flight list, in one step: an entry is always in exactly one of the two lists.
-// KEYS: queue, inflight, leases. ARGV: n, instance, lease expiry (ms).
+// takeScript renews the lease and moves up to ARGV[1] entries from the queue's head into the
+// in-flight hash under consecutive sequence numbers from ARGV[4], in one step: an entry is always
+// in exactly one of the two. A hash rather than a list makes acknowledging an entry an HDEL of
+// its number: O(1) in Redis, a few bytes on the wire, whatever the entry's size.
+// KEYS: queue, inflight, leases. ARGV: n, instance, lease expiry (ms), first sequence number.
 var takeScript = rueidis.NewLuaScript(`
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 local items = redis.call('LPOP', KEYS[1], ARGV[1])
 if not items then return {} end
-redis.call('RPUSH', KEYS[2], unpack(items))
+local seq = tonumber(ARGV[4])
+local kv = {}
+for i = 1, #items do
+  kv[2 * i - 1] = seq + i - 1
+  kv[2 * i] = items[i]
+end
+redis.call('HSET', KEYS[2], unpack(kv))
 return items
 `)
 
 // releaseScript puts entries that were taken but never started back at the queue's head, in their
 // original order. An entry no longer in flight (already reaped) is not pushed twice.
-// KEYS: queue, inflight. ARGV: the entries, oldest first.
+// KEYS: queue, inflight. ARGV: the entries' sequence numbers, oldest first.
 var releaseScript = rueidis.NewLuaScript(`
 local n = 0
 for i = #ARGV, 1, -1 do
-  if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 1 then
-    redis.call('LPUSH', KEYS[1], ARGV[i])
+  local v = redis.call('HGET', KEYS[2], ARGV[i])
+  if v then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('LPUSH', KEYS[1], v)
     n = n + 1
   end
 end
 return n
 `)
 
-// reapScript returns the whole in-flight list of an instance whose lease has expired to the
-// queue's head and forgets the instance. ARGV[3] = "force" skips the expiry check (an instance
-// giving back its own). Returns -1 when the lease is still alive.
+// reapScript returns the whole in-flight hash of an instance whose lease has expired to the
+// queue's head, oldest first, and forgets the instance. ARGV[3] = "force" skips the expiry check
+// (an instance giving back its own). Returns -1 when the lease is still alive.
 // KEYS: queue, inflight, leases. ARGV: instance, now (ms), force.
 var reapScript = rueidis.NewLuaScript(`
 local exp = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if ARGV[3] ~= 'force' and exp and tonumber(exp) > tonumber(ARGV[2]) then return -1 end
-local n = 0
-while redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT') do n = n + 1 end
+local seqs = redis.call('HKEYS', KEYS[2])
+local nums = {}
+for i = 1, #seqs do nums[i] = tonumber(seqs[i]) end
+table.sort(nums)
+for i = #nums, 1, -1 do
+  redis.call('LPUSH', KEYS[1], redis.call('HGET', KEYS[2], string.format('%d', nums[i])))
+end
+redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
-return n
+return #nums
 `)
 
 // deadScript dead-letters an in-flight entry in one step.
-// KEYS: dead list, inflight. ARGV: dead-letter entry, raw entry.
+// KEYS: dead list, inflight. ARGV: dead-letter entry, sequence number.
 var deadScript = rueidis.NewLuaScript(`
 redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('LREM', KEYS[2], 1, ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
 `)
 
