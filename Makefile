@@ -3,6 +3,8 @@ GO      ?= go
 BIN     := bin/herald
 PKGS    := ./...
 BENCH_N ?= 200000
+# Offered rates of the open-loop latency runs (10 s each, plus the floor's 10 s).
+BENCH_RATES ?= 2000,5000,10000,20000
 
 .PHONY: all build demo test vet fmt-check bench bench-check profile services tools clean
 
@@ -30,7 +32,8 @@ test: services fmt-check vet
 # In one run: the ceiling (wrk POSTing into the receiver), then BENCH_N prefilled 300-byte messages
 # drained into the same receiver in both delivery modes, then the herald binary's rate and peak RSS.
 bench: services tools
-	HERALD_BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/
+	HERALD_BENCH_N=$(BENCH_N) HERALD_BENCH_RATES=$(BENCH_RATES) HERALD_BENCH_CHART=$(CURDIR)/bench/latency.svg \
+		$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/
 
 # CI's performance guard: zero allocations on the hot path, a drain floor, a p99 limit.
 bench-check: services

@@ -133,6 +133,7 @@ func BenchmarkLatency(b *testing.B) {
 	}
 	defer c.Close()
 	d := latencySeconds()
+	var points []latencyPoint
 	for _, rate := range latencyRates() {
 		b.Run(strconv.Itoa(rate)+"/s", func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
@@ -140,6 +141,7 @@ func BenchmarkLatency(b *testing.B) {
 				her := heraldRun(b, c, srv.URL(), fmt.Sprintf("lat%d_%d", rate, i), rate, d, log)
 				fmt.Printf("latency at %d msgs/s for %s: floor (blocking-pop loop) p50 %.2f p99 %.2f p999 %.2f ms, %d left behind; herald p50 %.2f p99 %.2f p999 %.2f ms, %d left behind; p99 above floor %.2f ms\n",
 					rate, d, floor.p50, floor.p99, floor.p999, floor.missing, her.p50, her.p99, her.p999, her.missing, her.p99-floor.p99)
+				points = append(points, latencyPoint{rate: rate, floor: floor, herald: her})
 				b.ReportMetric(her.p99, "p99-ms")
 				b.ReportMetric(floor.p99, "floor-p99-ms")
 				b.ReportMetric(her.p99-floor.p99, "p99-above-floor-ms")
@@ -152,6 +154,13 @@ func BenchmarkLatency(b *testing.B) {
 				}
 			}
 		})
+	}
+	// make bench asks for the chart BENCHMARKS.md shows.
+	if path := os.Getenv("HERALD_BENCH_CHART"); path != "" && len(points) > 0 {
+		if err := writeLatencyChart(path, points); err != nil {
+			b.Fatal(err)
+		}
+		fmt.Println("latency chart written to", path)
 	}
 }
 
