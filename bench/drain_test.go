@@ -57,6 +57,17 @@ func BenchmarkDrain(b *testing.B) {
 	}
 }
 
+// deliverConfig is the deliverer's configuration for a benchmark: env plus the tuning knobs of
+// the environment, so that `HERALD_CONCURRENCY=64 make bench` compares settings.
+func deliverConfig(env map[string]string) (config.Deliver, error) {
+	for _, k := range []string{"HERALD_CONCURRENCY", "HERALD_BATCH", "HERALD_DELIVERY_MODE"} {
+		if v := os.Getenv(k); v != "" {
+			env[k] = v
+		}
+	}
+	return config.LoadDeliver(config.MapEnv(env))
+}
+
 func ratio(a, b float64) float64 {
 	if b == 0 {
 		return 0
@@ -86,14 +97,7 @@ func drain(b *testing.B, srv *redistest.Server, mode string) float64 {
 		if _, err := fixture.Fill(ctx, c, keys.Queue, recv.URL()+"/in", 0, n, 300); err != nil {
 			b.Fatal(err)
 		}
-		env := map[string]string{"REDIS_SERVER_URL": redisURL, "TOPIC_PREFIX": prefix, "HERALD_DELIVERY_MODE": mode}
-		// Tuning knobs pass through, so that `HERALD_CONCURRENCY=64 make bench` compares settings.
-		for _, k := range []string{"HERALD_CONCURRENCY", "HERALD_BATCH"} {
-			if v := os.Getenv(k); v != "" {
-				env[k] = v
-			}
-		}
-		cfg, err := config.LoadDeliver(config.MapEnv(env))
+		cfg, err := deliverConfig(map[string]string{"REDIS_SERVER_URL": redisURL, "TOPIC_PREFIX": prefix, "HERALD_DELIVERY_MODE": mode})
 		if err != nil {
 			b.Fatal(err)
 		}

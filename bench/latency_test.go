@@ -13,7 +13,6 @@ import (
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/acapy"
-	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/deliver"
 	"github.com/heraldhq/herald/internal/fixture"
 	"github.com/heraldhq/herald/internal/redistest"
@@ -212,7 +211,7 @@ func heraldRun(b *testing.B, c rueidis.Client, redisURL, prefix string, rate int
 		b.Fatal(err)
 	}
 	defer recv.Close()
-	cfg, err := config.LoadDeliver(config.MapEnv(map[string]string{"REDIS_SERVER_URL": redisURL, "TOPIC_PREFIX": prefix}))
+	cfg, err := deliverConfig(map[string]string{"REDIS_SERVER_URL": redisURL, "TOPIC_PREFIX": prefix})
 	if err != nil {
 		b.Fatal(err)
 	}
