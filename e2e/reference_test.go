@@ -19,12 +19,19 @@ import (
 // (default python3); they are skipped otherwise. The reference always uses a cluster client, so
 // both run against a 3-node cluster.
 
+// referenceCluster skips unless a reference deliverer is available, and starts the cluster it
+// needs.
+func referenceCluster(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("HERALD_REFERENCE_DIR") == "" {
+		t.Skip("HERALD_REFERENCE_DIR is not set: no reference deliverer to compare with")
+	}
+	return redistest.Cluster(t, 3).URL()
+}
+
 func referenceDeliverer(t *testing.T, redisURL, prefix, logName string) *exec.Cmd {
 	t.Helper()
 	dir := os.Getenv("HERALD_REFERENCE_DIR")
-	if dir == "" {
-		t.Skip("HERALD_REFERENCE_DIR is not set: no reference deliverer to compare with")
-	}
 	python := os.Getenv("HERALD_REFERENCE_PYTHON")
 	if python == "" {
 		python = "python3"
@@ -47,10 +54,7 @@ func referenceDeliverer(t *testing.T, redisURL, prefix, logName string) *exec.Cm
 // TestReferenceDrainRate drains the same number of messages with the reference and with Herald,
 // one after the other in one run, and logs both rates and CPU use.
 func TestReferenceDrainRate(t *testing.T) {
-	if os.Getenv("HERALD_REFERENCE_DIR") == "" {
-		t.Skip("HERALD_REFERENCE_DIR is not set: no reference deliverer to compare with")
-	}
-	url := redistest.Cluster(t, 3).URL()
+	url := referenceCluster(t)
 	c := client(t, url)
 	const n = 20000
 	rate := func(name string, run func() *exec.Cmd, prefix string) float64 {
@@ -78,10 +82,7 @@ func TestReferenceDrainRate(t *testing.T) {
 // while every third message fails twice, so that both kinds of pump move members the other kind
 // wrote: every message must arrive, and exactly as often as it was attempted.
 func TestReferenceInterop(t *testing.T) {
-	if os.Getenv("HERALD_REFERENCE_DIR") == "" {
-		t.Skip("HERALD_REFERENCE_DIR is not set: no reference deliverer to compare with")
-	}
-	url := redistest.Cluster(t, 3).URL()
+	url := referenceCluster(t)
 	c := client(t, url)
 	const n = 3000
 	recv := newReceiver(t, n)
