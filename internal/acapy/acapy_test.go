@@ -142,7 +142,7 @@ func TestPythonEscapes(t *testing.T) {
 		Payload: []byte{0xfb, 0xff},
 	}
 	got := string(AppendRetryMember(nil, m, 2))
-	want := `{"service": {"url": "http://h/\u00e9/\"q\"\\"}, "headers": {"x-note": "tab\tnl\ncr\r\u0001` + "\x7f" + `\ud83d\ude00/"}, "payload": "-_8=", "retries": 2}`
+	want := `{"service": {"url": "http://h/\u00e9/\"q\"\\"}, "headers": {"x-note": "tab\tnl\ncr\r\u0001\u007f\ud83d\ude00/"}, "payload": "-_8=", "retries": 2}`
 	if got != want {
 		t.Fatalf("\n got %s\nwant %s", got, want)
 	}
@@ -168,6 +168,9 @@ func TestDecodeOutboundVariants(t *testing.T) {
 		{` { "service" : { "url" : "ws://a" } , "payload" : "YWI=" , "headers" : {"a":"b"} , "retries" : 3 , "x": {"y": [true, false, 1.5e3]} } `, "ws://a", "ab", 1, 3},
 		{`{"service":{"url":"http://a"},"payload":"+/8="}`, "http://a", "\xfb\xff", 0, 0},
 		{`{"service":{"url":"http:\/\/a"},"payload":""}`, "http://a", "", 0, 0},
+		{`{"service":{"url":"http://a"},"payload":"-/8="}`, "http://a", "\xfb\xff", 0, 0},
+		{`{"service":{"url":"http://a"},"payload":"YWJjZA"}`, "http://a", "abcd", 0, 0},
+		{`{"service":{"url":"http://a"},"payload":"YWJjZGU="}`, "http://a", "abcde", 0, 0},
 	} {
 		m := engine.GetMessage()
 		m.SetRaw([]byte(tc.entry))
@@ -194,7 +197,8 @@ func TestDecodeOutboundMalformed(t *testing.T) {
 		{`{"service": {"url": "http://a"}}`, "missing payload"},
 		{`{"service": {"url": "http://a"}, "payload": 12}`, "payload is not a string"},
 		{`{"service": {"url": "http://a"}, "payload": "***"}`, "base64"},
-		{`{"service": {"url": "http://a"}, "payload": "a-b+"}`, "base64"},
+		{`{"service": {"url": "http://a"}, "payload": "YWJjZ"}`, "base64"},
+		{`{"service": {"url": "http://a"}, "payload": "YW=J"}`, "base64"},
 		{`{"service": {"url": "http://a"}, "payload": "YWJj", "headers": {"x": 1}}`, "header value is not a string"},
 		{`{"service": {"url": "http://a"}, "payload": "YWJj", "headers": []}`, "headers is not an object"},
 		{`{"service": {"url": "http://a"}, "payload": "YWJj", "retries": "1"}`, "retries is not an integer"},

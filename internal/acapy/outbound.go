@@ -5,8 +5,6 @@
 package acapy
 
 import (
-	"bytes"
-	"encoding/base64"
 	"strconv"
 
 	"github.com/heraldhq/herald/engine"
@@ -485,33 +483,66 @@ func DecodeOutbound(m *engine.Message) error {
 	return err
 }
 
-// decodeBase64 decodes url-safe base64, padded or not, accepting the standard alphabet's '+' and
-// '/' too, as Python's urlsafe_b64decode does. The url-safe alphabet is tried first, so the
-// common case reads the input once.
+// decodeBase64 decodes url-safe base64, padded or not. Like Python's urlsafe_b64decode it also
+// takes the standard alphabet's '+' and '/', even mixed with '-' and '_' in one string.
 func decodeBase64(dst, src []byte) ([]byte, error) {
 	for len(src) > 0 && src[len(src)-1] == '=' {
 		src = src[:len(src)-1]
 	}
-	n := base64.RawURLEncoding.DecodedLen(len(src))
+	if len(src)%4 == 1 {
+		return dst[:0], ErrPayloadBase64
+	}
+	n := len(src)/4*3 + len(src)%4*3/4
 	if cap(dst) < n {
 		dst = make([]byte, 0, n)
 	}
-	k, err := base64.RawURLEncoding.Decode(dst[:n], src)
-	if err == nil {
-		return dst[:k], nil
+	out := dst[:n]
+	o, i := 0, 0
+	for ; i+4 <= len(src); i += 4 {
+		a, b, c, d := b64Values[src[i]], b64Values[src[i+1]], b64Values[src[i+2]], b64Values[src[i+3]]
+		if a|b|c|d > 63 {
+			return dst[:0], base64Error(src, i)
+		}
+		v := uint32(a)<<18 | uint32(b)<<12 | uint32(c)<<6 | uint32(d)
+		out[o], out[o+1], out[o+2] = byte(v>>16), byte(v>>8), byte(v)
+		o += 3
 	}
-	if ce, ok := err.(base64.CorruptInputError); ok && (src[ce] == '+' || src[ce] == '/') &&
-		bytes.IndexAny(src, "-_") < 0 {
-		if k, err = base64.RawStdEncoding.Decode(dst[:n], src); err == nil {
-			return dst[:k], nil
+	if rest := len(src) - i; rest > 0 {
+		var v uint32
+		for k := 0; k < rest; k++ {
+			x := b64Values[src[i+k]]
+			if x > 63 {
+				return dst[:0], base64Error(src, i+k)
+			}
+			v |= uint32(x) << (18 - 6*k)
+		}
+		out[o] = byte(v >> 16)
+		if rest == 3 {
+			out[o+1] = byte(v >> 8)
 		}
 	}
-	return dst[:0], base64Error(err)
+	return out, nil
 }
 
-func base64Error(err error) error {
-	if ce, ok := err.(base64.CorruptInputError); ok {
-		return &DecodeError{Offset: -1, Reason: "payload is not valid base64: bad byte at offset " + strconv.Itoa(int(ce))}
+// b64Values maps the bytes of both base64 alphabets to their values; every other byte is 0xff.
+var b64Values = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
+	}
+	const std = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	for i := 0; i < len(std); i++ {
+		t[std[i]] = byte(i)
+	}
+	t['-'], t['_'] = 62, 63
+	return t
+}()
+
+// base64Error names the first bad byte at or after from; it runs only on the error path.
+func base64Error(src []byte, from int) error {
+	for k := from; k < len(src); k++ {
+		if b64Values[src[k]] > 63 {
+			return &DecodeError{Offset: -1, Reason: "payload is not valid base64: bad byte at offset " + strconv.Itoa(k)}
+		}
 	}
 	return ErrPayloadBase64
 }

@@ -29,10 +29,13 @@ func AppendOnly() Option { return func(s *Server) { s.args = append(s.args, "--a
 // Args adds redis-server arguments.
 func Args(a ...string) Option { return func(s *Server) { s.args = append(s.args, a...) } }
 
+func clusterNode() Option { return func(s *Server) { s.bus = -1 } }
+
 // Server is one redis-server process.
 type Server struct {
 	t    testing.TB
 	port int
+	bus  int // cluster bus port; 0 when not a cluster node
 	dir  string
 	args []string
 
@@ -86,6 +89,9 @@ func (s *Server) startOrFail() {
 	var err error
 	for range 5 { // another process may take the free port between choosing and binding it
 		s.port = FreePort()
+		if s.bus != 0 {
+			s.bus = FreePort()
+		}
 		if err = s.start(); err == nil {
 			return
 		}
@@ -98,6 +104,11 @@ func (s *Server) start() error {
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no",
 	}, s.args...)
+	if s.bus != 0 {
+		// Redis puts the bus at port+10000 unless told otherwise, which fails for ports above
+		// 55535; a free port chosen here does not.
+		args = append(args, "--cluster-port", strconv.Itoa(s.bus))
+	}
 	cmd := exec.Command(binary(s.t), args...)
 	if err := cmd.Start(); err != nil {
 		return err
@@ -193,7 +204,7 @@ func Cluster(t testing.TB, n int) *ClusterServers {
 	addrs := make([]string, n)
 	for i := range n {
 		s := newServer(t, t.TempDir(), Args("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000"))
+			"--cluster-node-timeout", "2000"), clusterNode())
 		s.startOrFail()
 		c.nodes = append(c.nodes, s)
 		addrs[i] = s.Addr()
