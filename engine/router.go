@@ -3,8 +3,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"regexp"
-	"regexp/syntax"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,10 +27,8 @@ type Router struct {
 }
 
 type route struct {
-	prefix  string         // every topic the pattern matches starts with this
-	literal bool           // the pattern is exactly prefix: matching is strings.HasPrefix
-	re      *regexp.Regexp // anchored at the start; nil when literal
-	tmpl    Template
+	pattern
+	tmpl Template
 }
 
 // maxCachedTopics bounds the cache; topics past it are routed by scanning every time.
@@ -59,40 +55,11 @@ func compileRoute(rt Route) (route, error) {
 	if err != nil {
 		return route{}, fmt.Errorf("route %q: template %q: %w", rt.Pattern, rt.Template, err)
 	}
-	tree, err := syntax.Parse(rt.Pattern, syntax.Perl)
+	p, err := compilePattern(rt.Pattern)
 	if err != nil {
 		return route{}, fmt.Errorf("route %q: %w", rt.Pattern, err)
 	}
-	prefix, complete := literalPrefix(tree.Simplify())
-	c := route{prefix: prefix, literal: complete, tmpl: tmpl}
-	if !complete {
-		// Python's re.match anchors at the start only; so does a leading ^ here.
-		if c.re, err = regexp.Compile(`^(?:` + rt.Pattern + `)`); err != nil {
-			return route{}, fmt.Errorf("route %q: %w", rt.Pattern, err)
-		}
-	}
-	return c, nil
-}
-
-// literalPrefix returns the literal text every match starts with (after a leading ^), and
-// whether the pattern is nothing but that text.
-func literalPrefix(re *syntax.Regexp) (string, bool) {
-	subs := []*syntax.Regexp{re}
-	if re.Op == syntax.OpConcat {
-		subs = re.Sub
-	}
-	var b strings.Builder
-	for i, s := range subs {
-		switch {
-		case s.Op == syntax.OpBeginText && i == 0:
-		case s.Op == syntax.OpLiteral && s.Flags&syntax.FoldCase == 0:
-			b.WriteString(string(s.Rune))
-		case s.Op == syntax.OpEmptyMatch:
-		default:
-			return b.String(), false
-		}
-	}
-	return b.String(), true
+	return route{pattern: p, tmpl: tmpl}, nil
 }
 
 // Len is the number of routes.
@@ -111,20 +78,19 @@ func (r *Router) Match(dst []int, topic []byte) []int {
 		return dst
 	}
 	start := len(dst)
-	for i := range r.routes {
-		if r.routes[i].matches(topic) {
-			dst = append(dst, i)
-		}
-	}
+	dst = r.scan(dst, topic)
 	r.remember(topic, dst[start:])
 	return dst
 }
 
-func (rt *route) matches(topic []byte) bool {
-	if len(topic) < len(rt.prefix) || string(topic[:len(rt.prefix)]) != rt.prefix {
-		return false
+// scan matches topic against every route, without the cache.
+func (r *Router) scan(dst []int, topic []byte) []int {
+	for i := range r.routes {
+		if r.routes[i].match(topic) {
+			dst = append(dst, i)
+		}
 	}
-	return rt.literal || rt.re.Match(topic)
+	return dst
 }
 
 // remember adds a topic to the cache by copying it: reads never lock, and the set of topics an
