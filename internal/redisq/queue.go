@@ -131,17 +131,25 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 	}
 	// Nothing queued: wait on the server, not in a loop. BLMOVE from the queue onto its own
 	// head returns as soon as an entry arrives and leaves it where it was, so waiting takes
-	// nothing out of the queue; the script then takes it.
-	err = q.c.Do(ctx, q.c.B().Blmove().Source(q.o.Keys.Queue).Destination(q.o.Keys.Queue).
-		Left().Left().Timeout(1).Build()).Error()
-	if rueidis.IsRedisNil(err) {
-		return dst, nil
-	}
-	if err != nil {
+	// nothing out of the queue. The take script is pipelined behind it on the same blocking
+	// connection, so Redis runs it the moment the wait ends: no extra round trip.
+	first := q.seq.Add(uint64(n)) - uint64(n)
+	resps := q.c.DoMulti(ctx,
+		q.c.B().Blmove().Source(q.o.Keys.Queue).Destination(q.o.Keys.Queue).Left().Left().Timeout(1).Build(),
+		q.c.B().Evalsha().Sha1(takeSHA).Numkeys(3).Key(q.o.Keys.Queue, q.inflight, q.o.Keys.leases).
+			Arg(strconv.Itoa(n), q.o.Instance, strconv.FormatInt(q.leaseExpiry(), 10), strconv.FormatUint(first, 10)).Build())
+	if err := resps[0].Error(); err != nil && !rueidis.IsRedisNil(err) {
 		return dst, err
 	}
-	dst, _, err = q.take(ctx, dst, n)
-	return dst, err
+	items, err := resps[1].ToArray()
+	if err != nil {
+		if re, ok := rueidis.IsRedisErr(err); ok && re.IsNoScript() {
+			// A restarted server forgot the script: the plain path loads it again.
+			dst, _, err = q.take(ctx, dst, n)
+		}
+		return dst, err
+	}
+	return q.taken(dst, items, first)
 }
 
 // take runs the take script once and appends what it moved in flight.
@@ -155,11 +163,18 @@ func (q *Queue) take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		return dst, 0, err
 	}
 	start := len(dst)
-	dst, err = appendMessages(dst, items)
+	dst, err = q.taken(dst, items, first)
+	return dst, len(dst) - start, err
+}
+
+// taken appends the entries a take script returned, numbered from first.
+func (q *Queue) taken(dst []*engine.Message, items []rueidis.RedisMessage, first uint64) ([]*engine.Message, error) {
+	start := len(dst)
+	dst, err := appendMessages(dst, items)
 	for i, m := range dst[start:] {
 		m.Token = first + uint64(i)
 	}
-	return dst, len(dst) - start, err
+	return dst, err
 }
 
 func (q *Queue) takeAtMostOnce(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {

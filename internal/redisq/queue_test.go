@@ -158,6 +158,17 @@ func testTakeAckRelease(t *testing.T, url string) {
 	if err != nil || fmt.Sprint(raws(got)) != "[late]" || fmt.Sprint(held(t, c, q.InflightKey())) != "[late]" {
 		t.Fatalf("blocking take: %v %v", raws(got), err)
 	}
+	// A server that forgot the take script (a restart, SCRIPT FLUSH) still hands the entry over.
+	for _, n := range c.Nodes() {
+		if err := n.Do(ctx, n.B().ScriptFlush().Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() { time.Sleep(200 * time.Millisecond); push(t, c, q.o.Keys.Queue, "after-flush") }()
+	got, err = q.Take(ctx, got[:0], 10)
+	if err != nil || fmt.Sprint(raws(got)) != "[after-flush]" {
+		t.Fatalf("take after SCRIPT FLUSH: %v %v", raws(got), err)
+	}
 }
 
 func TestReapReturnsDeadInstanceMessages(t *testing.T) {

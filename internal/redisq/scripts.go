@@ -1,6 +1,11 @@
 package redisq
 
-import "github.com/redis/rueidis"
+import (
+	"crypto/sha1"
+	"encoding/hex"
+
+	"github.com/redis/rueidis"
+)
 
 // Every script touches only the keys it is given, all in one slot, so it runs unchanged on a
 // cluster. They are loaded once and called by SHA (rueidis falls back to EVAL after a restart).
@@ -10,7 +15,12 @@ import "github.com/redis/rueidis"
 // in exactly one of the two. A hash rather than a list makes acknowledging an entry an HDEL of
 // its number: O(1) in Redis, a few bytes on the wire, whatever the entry's size.
 // KEYS: queue, inflight, leases. ARGV: n, instance, lease expiry (ms), first sequence number.
-var takeScript = rueidis.NewLuaScript(`
+var takeScript = rueidis.NewLuaScript(takeLua)
+
+// takeSHA names takeScript for EVALSHA in a hand-built pipeline.
+var takeSHA = func() string { h := sha1.Sum([]byte(takeLua)); return hex.EncodeToString(h[:]) }()
+
+const takeLua = `
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 local items = redis.call('LPOP', KEYS[1], ARGV[1])
 if not items then return {} end
@@ -22,7 +32,7 @@ for i = 1, #items do
 end
 redis.call('HSET', KEYS[2], unpack(kv))
 return items
-`)
+`
 
 // releaseScript puts entries that were taken but never started back at the queue's head, in their
 // original order. An entry no longer in flight (already reaped) is not pushed twice.
