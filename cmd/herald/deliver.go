@@ -104,6 +104,7 @@ environment as the Python deliverer, it replaces it.
 		return 2
 	}
 	log := newLogger(cfg.LogFormat, cfg.LogLevel)
+	deliver.TuneGC()
 	ctx, cancel := signalContext(log)
 	defer cancel()
 	if err := deliver.Run(ctx, cfg, log); err != nil {

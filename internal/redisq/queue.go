@@ -75,6 +75,9 @@ type Queue struct {
 	deadSame bool // the dead list shares the queue's slot: dead-lettering is one script
 	acks     *acker
 	seq      atomic.Uint64 // next in-flight sequence number
+	// short: the last take found fewer entries than it asked for, so the queue is probably
+	// empty and the next take goes straight to the wait.
+	short atomic.Bool
 
 	bufs sync.Pool
 }
@@ -125,9 +128,12 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 	if q.o.Mode == AtMostOnce {
 		return q.takeAtMostOnce(ctx, dst, n)
 	}
-	dst, took, err := q.take(ctx, dst, n)
-	if err != nil || took > 0 {
-		return dst, err
+	if !q.short.Load() {
+		dst, took, err := q.take(ctx, dst, n)
+		q.short.Store(took < n)
+		if err != nil || took > 0 {
+			return dst, err
+		}
 	}
 	// Nothing queued: wait on the server, not in a loop. BLMOVE from the queue onto its own
 	// head returns as soon as an entry arrives and leaves it where it was, so waiting takes
@@ -149,6 +155,7 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		}
 		return dst, err
 	}
+	q.short.Store(len(items) < n)
 	return q.taken(dst, items, first)
 }
 
