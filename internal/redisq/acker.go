@@ -28,6 +28,11 @@ type acker struct {
 
 const maxAckBatch = 512
 
+// ackLinger is how long the acker lets acknowledgments gather after the first one wakes it: a
+// burst of deliveries then costs one HDEL instead of several, for at most this much more
+// redelivery after a crash.
+const ackLinger = time.Millisecond
+
 func newAcker(c rueidis.Client, inflight string, log *slog.Logger) *acker {
 	a := &acker{c: c, inflight: inflight, log: log, wake: make(chan struct{}, 1)}
 	a.flushed = sync.NewCond(&a.mu)
@@ -57,6 +62,12 @@ func (a *acker) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-a.wake:
+		}
+		a.mu.Lock()
+		few := len(a.ends) < maxAckBatch
+		a.mu.Unlock()
+		if few {
+			wait(ctx, ackLinger)
 		}
 		for {
 			a.mu.Lock()
