@@ -45,7 +45,7 @@ tools:
 
 # CPU and heap profiles of the at-least-once drain (the default mode), read with go tool pprof.
 profile: services
-	HERALD_BENCH_N=$(BENCH_N) $(GO) test -run '^$$' -bench 'Drain/at-least-once' -benchtime 1x -count 1 -timeout 30m \
+	HERALD_BENCH_N=$(BENCH_N) HERALD_BENCH_ROUNDS=1 HERALD_BENCH_NO_CEILING=1 $(GO) test -run '^$$' -bench 'Drain/at-least-once' -benchtime 1x -count 1 -timeout 30m \
 		-cpuprofile profiles/drain-cpu.pprof -memprofile profiles/drain-heap.pprof ./bench/
 	rm -f bench.test
 

@@ -28,14 +28,6 @@ func latencySeconds() time.Duration {
 	return 10 * time.Second
 }
 
-// latencyRounds is how many floor/Herald pairs run at each rate (HERALD_BENCH_ROUNDS, default 3).
-func latencyRounds() int {
-	if n, err := strconv.Atoi(os.Getenv("HERALD_BENCH_ROUNDS")); err == nil && n > 0 {
-		return n
-	}
-	return 3
-}
-
 // latencyRates are the offered rates (HERALD_BENCH_RATES, comma-separated; default 5000,20000).
 func latencyRates() []int {
 	v := os.Getenv("HERALD_BENCH_RATES")
@@ -148,7 +140,7 @@ func BenchmarkLatency(b *testing.B) {
 				// Floor and Herald alternate, so that a disturbance from outside (the machine is
 				// shared) falls on one round, and the median round is what is reported.
 				var rounds []latencyPoint
-				for r := range latencyRounds() {
+				for r := range benchRounds() {
 					floor := floorRun(b, c, fmt.Sprintf("floor%d_%d_%d", rate, i, r), rate, d)
 					her := heraldRun(b, c, srv.URL(), fmt.Sprintf("lat%d_%d_%d", rate, i, r), rate, d, log)
 					fmt.Printf("latency at %d msgs/s for %s, round %d: floor (blocking-pop loop) p50 %.2f p99 %.2f p999 %.2f ms, %d left behind; herald p50 %.2f p99 %.2f p999 %.2f ms, %d left behind; p99 above floor %.2f ms\n",
