@@ -118,7 +118,7 @@ func drain(b *testing.B, srv *redistest.Server, mode string) float64 {
 	n := messages()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx := context.Background()
-	c, err := deliver.Connect(ctx, redisURL, log)
+	c, err := redisq.Connect(ctx, redisURL, log)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/deliver"
 	"github.com/heraldhq/herald/internal/fixture"
+	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/redistest"
 	"github.com/redis/rueidis"
 )
@@ -127,7 +128,7 @@ func BenchmarkLatency(b *testing.B) {
 	srv := redistest.Standalone(b)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx := context.Background()
-	c, err := deliver.Connect(ctx, srv.URL(), log)
+	c, err := redisq.Connect(ctx, srv.URL(), log)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldhq/herald/internal/deliver"
 	"github.com/heraldhq/herald/internal/fixture"
 	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/redistest"
@@ -27,7 +26,7 @@ func BenchmarkDrainProcess(b *testing.B) {
 	srv := redistest.Standalone(b)
 	n := messages()
 	ctx := context.Background()
-	c, err := deliver.Connect(ctx, srv.URL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := redisq.Connect(ctx, srv.URL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		b.Fatal(err)
 	}

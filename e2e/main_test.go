@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldhq/herald/internal/deliver"
 	"github.com/heraldhq/herald/internal/fixture"
 	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/redistest"
@@ -118,7 +117,7 @@ func client(t testing.TB, url string) rueidis.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := deliver.Connect(ctx, url, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := redisq.Connect(ctx, url, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatalf("connecting to %s: %v", url, err)
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/internal/acapy"
-	"github.com/heraldhq/herald/internal/deliver"
 	"github.com/heraldhq/herald/internal/fixture"
 	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/redis/rueidis"
@@ -39,7 +38,7 @@ func runDemo(args []string) int {
 	defer cancel()
 
 	cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
-	client, err := deliver.Connect(cctx, *redisURL, log)
+	client, err := redisq.Connect(cctx, *redisURL, log)
 	ccancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: cannot reach Redis at %s (run scripts/services.sh redis): %v\n", *redisURL, err)

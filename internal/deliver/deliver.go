@@ -5,7 +5,6 @@ package deliver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -19,7 +18,6 @@ import (
 	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/sink"
 	"github.com/heraldhq/herald/internal/status"
-	"github.com/redis/rueidis"
 )
 
 // Run serves until ctx is cancelled, then drains: started deliveries finish (bounded by the
@@ -53,7 +51,7 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 		}()
 	}
 
-	client, err := Connect(ctx, cfg.Redis.URL, log)
+	client, err := redisq.Connect(ctx, cfg.Redis.URL, log)
 	if err != nil {
 		return nil // cancelled while waiting for Redis: nothing was taken, nothing to drain
 	}
@@ -116,29 +114,6 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	}
 	log.Info("herald deliver stopped")
 	return err
-}
-
-// Connect opens a Redis client for url, standalone or cluster (detected), waiting out an
-// unreachable server with a backoff. It fails only when ctx ends first.
-func Connect(ctx context.Context, url string, log *slog.Logger) (rueidis.Client, error) {
-	opt, err := rueidis.ParseURL(url)
-	if err != nil {
-		return nil, err
-	}
-	opt.DisableCache = true
-	opt.ConnWriteTimeout = 5 * time.Second
-	backoff := 100 * time.Millisecond
-	for {
-		c, err := rueidis.NewClient(opt)
-		if err == nil {
-			return c, nil
-		}
-		log.Warn("cannot reach Redis yet; retrying", "redis", config.RedactURL(url), "err", err, "retry_in", backoff)
-		if !sleep(ctx, backoff) {
-			return nil, errors.Join(ctx.Err(), err)
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
 }
 
 func encodeDead(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
