@@ -22,6 +22,7 @@ var commands []command
 func init() {
 	commands = []command{
 		{"deliver", "take ACA-Py outbound messages off Redis and deliver them (HTTP, WebSocket)", runDeliver},
+		{"relay", "take DIDComm messages over HTTP and WebSocket and queue them for ACA-Py", runRelay},
 		{"demo", "run the deliverer end to end on this machine: local Redis, a producer and a receiver", runDemo},
 		{"version", "print the version", runVersion},
 		{"help", "show this help", func([]string) int { usage(os.Stdout); return 0 }},

@@ -4,7 +4,9 @@
 package config
 
 import (
+	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strconv"
@@ -238,4 +240,133 @@ func LoadDeliver(env Env) (Deliver, error) {
 		r.fail("HERALD_LEASE", "at least 1s, got %s", c.Lease)
 	}
 	return c, r.err
+}
+
+// Listener is one entry of INBOUND_TRANSPORT_CONFIG.
+type Listener struct {
+	Transport string // "http" or "ws"
+	Host      string
+	Port      int
+}
+
+// Addr is host:port for net.Listen.
+func (l Listener) Addr() string { return net.JoinHostPort(l.Host, strconv.Itoa(l.Port)) }
+
+// Relay is the configuration of `herald relay`.
+type Relay struct {
+	Redis     Redis
+	Status    Status
+	Listeners []Listener
+
+	InboundTopic    string        // lists are <topic>_<recipient key>
+	DirectResponses []string      // lists read for direct responses
+	ResponseWait    time.Duration // how long a request waits for its direct response
+	MaxBody         int           // bytes; larger bodies get 413
+	Stale           time.Duration // silence after which an instance's keys may move
+	LogFormat       string
+	LogLevel        string
+}
+
+// RelayVars lists every variable `herald relay` reads, in the order --help shows them.
+var RelayVars = []Var{
+	{"REDIS_SERVER_URL", "(required)", "Redis URL, redis:// or rediss://, user:pass@ optional; a cluster is detected"},
+	{"TOPIC_PREFIX", "acapy", "messages go to <prefix>_inbound_<recipient key>"},
+	{"INBOUND_TRANSPORT_CONFIG", "(required)", `JSON list of [type, host, port], type http or ws: [["http","0.0.0.0",8021],["ws","0.0.0.0",8023]]`},
+	{"STATUS_ENDPOINT_HOST", "", "status server host; served only when HOST, PORT and API_KEY are all set"},
+	{"STATUS_ENDPOINT_PORT", "", "status server port"},
+	{"STATUS_ENDPOINT_API_KEY", "", "value the access_token header must carry"},
+	{"HERALD_DIRECT_RESPONSE_LISTS", "<prefix>_inbound_direct_response,<prefix>_inbound_direct_resp", "comma-separated lists read for direct responses (the reference relay's name and the plugin's default)"},
+	{"HERALD_RESPONSE_WAIT", "15s", "how long a request asking for a direct response waits for it; then HTTP 200 with no body"},
+	{"HERALD_MAX_BODY", "10485760", "largest accepted message in bytes; larger ones get 413"},
+	{"HERALD_STALE_AFTER", "15s", "an ACA-Py instance silent this long with messages pending loses its recipient keys"},
+	{"HERALD_LOG_FORMAT", "text", "text or json"},
+	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
+}
+
+// LoadRelay reads and validates the configuration of `herald relay`.
+func LoadRelay(env Env) (Relay, error) {
+	r := &reader{env: env}
+	c := Relay{
+		Redis:        r.redis(),
+		Status:       r.status(),
+		Listeners:    r.listeners(),
+		ResponseWait: r.duration("HERALD_RESPONSE_WAIT", 15*time.Second),
+		MaxBody:      r.positive("HERALD_MAX_BODY", 10<<20),
+		Stale:        r.duration("HERALD_STALE_AFTER", 15*time.Second),
+		LogFormat:    r.oneOf("HERALD_LOG_FORMAT", "text", "text", "json"),
+		LogLevel:     r.oneOf("HERALD_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+	}
+	c.InboundTopic = c.Redis.TopicPrefix + "_inbound"
+	lists := r.str("HERALD_DIRECT_RESPONSE_LISTS", c.InboundTopic+"_direct_response,"+c.InboundTopic+"_direct_resp")
+	for _, l := range strings.Split(lists, ",") {
+		if l = strings.TrimSpace(l); l != "" {
+			c.DirectResponses = append(c.DirectResponses, l)
+		}
+	}
+	if len(c.DirectResponses) == 0 {
+		r.fail("HERALD_DIRECT_RESPONSE_LISTS", "names no list")
+	}
+	return c, r.err
+}
+
+func (r *reader) listeners() []Listener {
+	const key = "INBOUND_TRANSPORT_CONFIG"
+	v := r.str(key, "")
+	if v == "" {
+		r.fail(key, `not set; want e.g. [["http","0.0.0.0",8021],["ws","0.0.0.0",8023]] (No inbound transport config provided.)`)
+		return nil
+	}
+	var raw [][]any
+	if err := json.Unmarshal([]byte(v), &raw); err != nil {
+		r.fail(key, "not a JSON list of [type, host, port]: %v", err)
+		return nil
+	}
+	if len(raw) == 0 {
+		r.fail(key, "lists no transport")
+		return nil
+	}
+	var out []Listener
+	for i, t := range raw {
+		if len(t) != 3 {
+			r.fail(key, "entry %d has %d items; want [type, host, port]", i, len(t))
+			return nil
+		}
+		typ, _ := t[0].(string)
+		host, hok := t[1].(string)
+		if typ != "http" && typ != "ws" {
+			r.fail(key, "entry %d: transport %v is not http or ws", i, t[0])
+			return nil
+		}
+		if !hok {
+			r.fail(key, "entry %d: host %v is not a string", i, t[1])
+			return nil
+		}
+		port, ok := portOf(t[2])
+		if !ok {
+			r.fail(key, "entry %d: port %v is not a number 0-65535", i, t[2])
+			return nil
+		}
+		out = append(out, Listener{Transport: typ, Host: host, Port: port})
+	}
+	return out
+}
+
+// portOf accepts 8021 and "8021", as Python's aiohttp would.
+func portOf(v any) (int, bool) {
+	var n int
+	switch p := v.(type) {
+	case float64:
+		if p != float64(int(p)) {
+			return 0, false
+		}
+		n = int(p)
+	case string:
+		var err error
+		if n, err = strconv.Atoi(p); err != nil {
+			return 0, false
+		}
+	default:
+		return 0, false
+	}
+	return n, n >= 0 && n <= 65535
 }

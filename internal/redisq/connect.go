@@ -3,6 +3,7 @@ package redisq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -36,4 +37,15 @@ func Connect(ctx context.Context, url string, log *slog.Logger) (rueidis.Client,
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// PingAll pings every node c knows (every primary of a cluster), as the reference's liveness
+// check does.
+func PingAll(ctx context.Context, c rueidis.Client) error {
+	for addr, node := range c.Nodes() {
+		if err := node.Do(ctx, node.B().Ping().Build()).Error(); err != nil {
+			return fmt.Errorf("redis %s: %w", addr, err)
+		}
+	}
+	return nil
 }

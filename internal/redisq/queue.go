@@ -320,14 +320,7 @@ func (q *Queue) Depth(ctx context.Context) (queue, retry, inflight int64, err er
 
 // Ping checks that every node answers (every primary of a cluster, as the reference's liveness
 // check does), for the liveness endpoint.
-func (q *Queue) Ping(ctx context.Context) error {
-	for addr, node := range q.c.Nodes() {
-		if err := node.Do(ctx, node.B().Ping().Build()).Error(); err != nil {
-			return fmt.Errorf("redis %s: %w", addr, err)
-		}
-	}
-	return nil
-}
+func (q *Queue) Ping(ctx context.Context) error { return PingAll(ctx, q.c) }
 
 // Run keeps the lease alive, returns the in-flight messages of dead instances and pumps due
 // retries back to the queue until ctx ends. Redis errors are logged and retried, never fatal.

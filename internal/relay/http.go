@@ -1,0 +1,146 @@
+package relay
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/valyala/fasthttp"
+)
+
+// invitationText is the reference's answer to GET /?c_i=...
+const invitationText = "You have received a connection invitation. To accept the invitation, paste it into your agent application."
+
+// server builds the fasthttp server of one listener.
+func (r *Relay) server(transport string) *fasthttp.Server {
+	h := r.serveHTTP
+	if transport == acapy.TransportWS {
+		h = r.serveWS
+	}
+	return &fasthttp.Server{
+		Handler:            h,
+		Name:               "herald",
+		MaxRequestBodySize: r.cfg.MaxBody,
+		ReadTimeout:        30 * time.Second,
+		// A request may wait for its direct response.
+		WriteTimeout:                  r.cfg.ResponseWait + 30*time.Second,
+		IdleTimeout:                   2 * time.Minute,
+		DisableHeaderNamesNormalizing: true,
+		NoDefaultContentType:          true,
+		CloseOnShutdown:               true,
+		Logger:                        discard{},
+	}
+}
+
+type discard struct{}
+
+func (discard) Printf(string, ...any) {}
+
+func (r *Relay) serveHTTP(ctx *fasthttp.RequestCtx) {
+	if string(ctx.Path()) != "/" {
+		ctx.Error("not found: the relay serves GET / and POST /", fasthttp.StatusNotFound)
+		return
+	}
+	switch {
+	case ctx.IsGet() || ctx.IsHead():
+		if len(ctx.QueryArgs().Peek("c_i")) > 0 {
+			ctx.SetContentType("text/plain; charset=utf-8")
+			ctx.SetBodyString(invitationText)
+		}
+		return
+	case !ctx.IsPost():
+		ctx.Response.Header.Set("Allow", "GET, POST")
+		ctx.Error("method not allowed: the relay serves GET / and POST /", fasthttp.StatusMethodNotAllowed)
+		return
+	}
+	res := r.Handle(ctx, ctx.PostBody(), acapy.TransportHTTP)
+	switch {
+	case res.Status != 200:
+		if res.Status == 503 {
+			ctx.Response.Header.Set("Retry-After", "1")
+		}
+		ctx.Error(res.Reason, res.Status)
+	case res.Response != nil:
+		ct := res.Response.ContentType
+		if ct == "" {
+			ct = "application/json"
+		}
+		ctx.SetContentType(ct)
+		ctx.SetBody(res.Response.Body)
+	}
+}
+
+var upgrader = websocket.FastHTTPUpgrader{
+	CheckOrigin: func(*fasthttp.RequestCtx) bool { return true },
+}
+
+// serveWS upgrades GET / and queues every text or binary frame. A frame that is not a packed
+// message gets a close frame with the reason; other connections are not affected.
+func (r *Relay) serveWS(ctx *fasthttp.RequestCtx) {
+	if string(ctx.Path()) != "/" || !ctx.IsGet() {
+		ctx.Error("not found: the WebSocket relay upgrades GET /", fasthttp.StatusNotFound)
+		return
+	}
+	// The RequestCtx is recycled once this handler returns, and the session outlives it.
+	err := upgrader.Upgrade(ctx, func(conn *websocket.Conn) {
+		r.wsSession(r.ctx, conn)
+	})
+	if err != nil {
+		r.log.Debug("websocket upgrade failed", "remote", ctx.RemoteAddr().String(), "err", err)
+	}
+}
+
+func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
+	defer conn.Close()
+	conn.SetReadLimit(int64(r.cfg.MaxBody))
+	var writeMu sync.Mutex // direct responses are written from their own goroutines
+	write := func(typ int, b []byte) {
+		writeMu.Lock()
+		defer writeMu.Unlock()
+		_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_ = conn.WriteMessage(typ, b)
+	}
+	for {
+		typ, msg, err := conn.ReadMessage()
+		if err != nil {
+			if err == websocket.ErrReadLimit {
+				write(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseMessageTooBig, "message larger than the relay's limit"))
+			}
+			return
+		}
+		if typ != websocket.TextMessage && typ != websocket.BinaryMessage {
+			continue
+		}
+		p, perr := acapy.ParsePacked(msg)
+		if perr != nil {
+			r.requests.WithLabelValues(acapy.TransportWS, outRejected).Inc()
+			write(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseUnsupportedData, closeReason(perr.Error())))
+			return
+		}
+		if !p.ReturnRoute {
+			if res := r.Handle(ctx, msg, acapy.TransportWS); res.Status != 200 {
+				write(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, closeReason(res.Reason)))
+				return
+			}
+			continue
+		}
+		// A direct response may take seconds: wait beside the read loop, so that the connection
+		// keeps taking messages meanwhile.
+		go func(msg []byte) {
+			res := r.Handle(ctx, msg, acapy.TransportWS)
+			if res.Response != nil && len(res.Response.Body) > 0 {
+				write(websocket.BinaryMessage, res.Response.Body)
+			}
+		}(msg)
+	}
+}
+
+// closeReason fits a reason into a close frame (at most 123 bytes).
+func closeReason(s string) string {
+	if len(s) > 123 {
+		s = s[:120] + "..."
+	}
+	return s
+}
