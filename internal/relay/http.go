@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -25,13 +27,24 @@ func (r *Relay) server(transport string) *fasthttp.Server {
 		MaxRequestBodySize: r.cfg.MaxBody,
 		ReadTimeout:        30 * time.Second,
 		// A request may wait for its direct response.
-		WriteTimeout:                  r.cfg.ResponseWait + 30*time.Second,
-		IdleTimeout:                   2 * time.Minute,
-		DisableHeaderNamesNormalizing: true,
-		NoDefaultContentType:          true,
-		CloseOnShutdown:               true,
-		Logger:                        discard{},
+		WriteTimeout:         r.cfg.ResponseWait + 30*time.Second,
+		IdleTimeout:          2 * time.Minute,
+		NoDefaultContentType: true,
+		CloseOnShutdown:      true,
+		Logger:               discard{},
+		ErrorHandler:         r.requestError,
 	}
+}
+
+// requestError answers a request fasthttp could not read: 413 for a body over the limit, 400 with
+// the parser's reason otherwise.
+func (r *Relay) requestError(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		r.requests.WithLabelValues(acapy.TransportHTTP, outRejected).Inc()
+		ctx.Error(fmt.Sprintf("body larger than the relay's limit of %d bytes (HERALD_MAX_BODY)", r.cfg.MaxBody), fasthttp.StatusRequestEntityTooLarge)
+		return
+	}
+	ctx.Error("malformed HTTP request: "+err.Error(), fasthttp.StatusBadRequest)
 }
 
 type discard struct{}
@@ -120,7 +133,7 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 			return
 		}
 		if !p.ReturnRoute {
-			if res := r.Handle(ctx, msg, acapy.TransportWS); res.Status != 200 {
+			if res := r.queue(ctx, p, msg, acapy.TransportWS); res.Status != 200 {
 				write(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, closeReason(res.Reason)))
 				return
 			}
@@ -128,12 +141,12 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 		}
 		// A direct response may take seconds: wait beside the read loop, so that the connection
 		// keeps taking messages meanwhile.
-		go func(msg []byte) {
-			res := r.Handle(ctx, msg, acapy.TransportWS)
+		go func(p acapy.Packed, msg []byte) {
+			res := r.queue(ctx, p, msg, acapy.TransportWS)
 			if res.Response != nil && len(res.Response.Body) > 0 {
 				write(websocket.BinaryMessage, res.Response.Body)
 			}
-		}(msg)
+		}(p, msg)
 	}
 }
 

@@ -82,6 +82,11 @@ func (r *Relay) Handle(ctx context.Context, body []byte, transport string) Resul
 		r.requests.WithLabelValues(transport, outRejected).Inc()
 		return Result{Status: 400, Reason: err.Error()}
 	}
+	return r.queue(ctx, p, body, transport)
+}
+
+// queue is Handle for a message already parsed.
+func (r *Relay) queue(ctx context.Context, p acapy.Packed, body []byte, transport string) Result {
 	var txn string
 	var reply chan acapy.DirectResponse
 	if p.ReturnRoute {
@@ -103,7 +108,7 @@ func (r *Relay) Handle(ctx context.Context, body []byte, transport string) Resul
 		bp = new([]byte)
 	}
 	entry := acapy.AppendInbound((*bp)[:0], body, txn, transport)
-	err = r.c.Do(ctx, r.c.B().Rpush().Key(r.cfg.InboundTopic+"_"+p.RecipientKey).Element(rueidis.BinaryString(entry)).Build()).Error()
+	err := r.c.Do(ctx, r.c.B().Rpush().Key(r.cfg.InboundTopic+"_"+p.RecipientKey).Element(rueidis.BinaryString(entry)).Build()).Error()
 	*bp = entry
 	r.bufs.Put(bp)
 	if err != nil {
