@@ -466,3 +466,39 @@ func testRelayTwoInstances(t *testing.T, url string, cluster bool) {
 	}
 	t.Logf("%d messages: %d popped by a before it went silent, %d by b", id, fromA, id-fromA)
 }
+
+// TestDeliverMediatorMode: with HERALD_MEDIATOR_MODE=true, `herald deliver` queues a packed
+// outbound message on <prefix>_outbound_<recipient key> in the plugin's mediator format, with
+// the relay's bookkeeping, and still POSTs the entries that are not packed messages.
+func TestDeliverMediatorMode(t *testing.T) {
+	t.Parallel()
+	url := redistest.Standalone(t).URL()
+	c := client(t, url)
+	v := loadVectors(t)
+	rv := loadRelayVectors(t)
+	register(t, c, "uid-1")
+	recv := newReceiver(t, 20)
+	keys := fill(t, c, "acapy", recv, 0, 10)
+	if err := c.Do(context.Background(), c.B().Rpush().Key(keys.Queue).Element(v.Outbound[0].Entry).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	fill(t, c, "acapy", recv, 10, 10)
+
+	statusPort := freePort(t)
+	start(t, append(referenceEnv(url, "acapy", statusPort, "k"), "HERALD_MEDIATOR_MODE=true"), "deliver")
+	if !recv.WaitAll(15 * time.Second) {
+		got, missing, dup := recv.Tally()
+		t.Fatalf("webhooks: %d received, %d missing, %d duplicated", got, missing, dup)
+	}
+	list := strings.Replace(rv.Inbound[0].List, "acapy_inbound_", "acapy_outbound_", 1)
+	eventually(t, 10*time.Second, "the mediator entry", func() bool { return llen(t, c, list) == 1 })
+	got, _ := c.Do(context.Background(), c.B().Lindex().Key(list).Index(0).Build()).ToString()
+	if want := strings.Replace(rv.Inbound[0].Entry, `, "transport_type": "http"`, "", 1); got != want {
+		t.Fatalf("mediator entry\n got %s\nwant %s", got, want)
+	}
+	key := strings.TrimPrefix(list, "acapy_outbound_")
+	if n, _ := c.Do(context.Background(), c.B().Hget().Key(recipkey.PendingMap).Field("uid-1_"+key).Build()).AsInt64(); n != 1 {
+		t.Errorf("pending count %d, want 1", n)
+	}
+	eventually(t, 5*time.Second, "an empty queue", func() bool { return llen(t, c, keys.Queue) == 0 })
+}

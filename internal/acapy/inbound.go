@@ -46,7 +46,12 @@ type Packed struct {
 }
 
 // InboundError says why a request body cannot be queued; the text is the 400 answer's reason.
-type InboundError struct{ Reason string }
+type InboundError struct {
+	Reason string
+	// NotPacked: the body is no packed message at all (not a JSON object, or no protected
+	// header), as opposed to a packed message with a broken header.
+	NotPacked bool
+}
 
 func (e *InboundError) Error() string { return e.Reason }
 
@@ -57,9 +62,9 @@ func ParsePacked(body []byte) (Packed, error) {
 	if err := json.Unmarshal(body, &msg); err != nil {
 		var syn *json.SyntaxError
 		if errors.As(err, &syn) {
-			return Packed{}, &InboundError{"body is not JSON: " + syn.Error()}
+			return Packed{}, &InboundError{Reason: "body is not JSON: " + syn.Error(), NotPacked: true}
 		}
-		return Packed{}, &InboundError{"body is not a JSON object"}
+		return Packed{}, &InboundError{Reason: "body is not a JSON object", NotPacked: true}
 	}
 	var p Packed
 	if raw, ok := msg["~transport"]; ok {
@@ -70,15 +75,15 @@ func ParsePacked(body []byte) (Packed, error) {
 	}
 	raw, ok := msg["protected"]
 	if !ok {
-		return Packed{}, &InboundError{"no protected header: not a packed message"}
+		return Packed{}, &InboundError{Reason: "no protected header: not a packed message", NotPacked: true}
 	}
 	var protected string
 	if json.Unmarshal(raw, &protected) != nil {
-		return Packed{}, &InboundError{"protected is not a string"}
+		return Packed{}, &InboundError{Reason: "protected is not a string"}
 	}
 	header, err := decodeBase64(nil, []byte(protected))
 	if err != nil {
-		return Packed{}, &InboundError{"protected is not valid base64url"}
+		return Packed{}, &InboundError{Reason: "protected is not valid base64url"}
 	}
 	var h struct {
 		Recipients []struct {
@@ -88,15 +93,15 @@ func ParsePacked(body []byte) (Packed, error) {
 		} `json:"recipients"`
 	}
 	if json.Unmarshal(header, &h) != nil {
-		return Packed{}, &InboundError{"protected header is not the JSON of a packed message"}
+		return Packed{}, &InboundError{Reason: "protected header is not the JSON of a packed message"}
 	}
 	if len(h.Recipients) == 0 {
-		return Packed{}, &InboundError{"protected header names no recipients"}
+		return Packed{}, &InboundError{Reason: "protected header names no recipients"}
 	}
 	kids := make([]string, len(h.Recipients))
 	for i, r := range h.Recipients {
 		if r.Header.Kid == nil || *r.Header.Kid == "" {
-			return Packed{}, &InboundError{"a recipient has no header.kid"}
+			return Packed{}, &InboundError{Reason: "a recipient has no header.kid"}
 		}
 		kids[i] = *r.Header.Kid
 	}

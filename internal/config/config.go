@@ -66,8 +66,12 @@ type Deliver struct {
 	DeadLetter    string
 	DropExhausted bool
 	Instance      string
-	LogFormat     string
-	LogLevel      string
+	// MediatorMode queues packed DIDComm messages on <prefix>_outbound_<recipient key> instead of
+	// POSTing them (the plugin's outbound.mediator_mode).
+	MediatorMode bool
+	Stale        time.Duration // mediator mode: silence after which an instance's keys may move
+	LogFormat    string
+	LogLevel     string
 }
 
 // DeliverVars lists every variable `herald deliver` reads, in the order --help shows them.
@@ -233,6 +237,8 @@ func LoadDeliver(env Env) (Deliver, error) {
 		LogLevel:     r.oneOf("HERALD_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 	}
 	c.DropExhausted = r.oneOf("HERALD_ON_EXHAUSTED", "dead-letter", "dead-letter", "drop") == "drop"
+	c.MediatorMode = r.oneOf("HERALD_MEDIATOR_MODE", "false", "false", "true") == "true"
+	c.Stale = r.duration("HERALD_STALE_AFTER", 15*time.Second)
 	if c.Batch > 1000 {
 		r.fail("HERALD_BATCH", "at most 1000, got %d", c.Batch)
 	}

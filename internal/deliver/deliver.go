@@ -15,6 +15,7 @@ import (
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/metrics"
+	"github.com/heraldhq/herald/internal/recipkey"
 	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/sink"
 	"github.com/heraldhq/herald/internal/status"
@@ -74,6 +75,16 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 		"dead_letter", keys.Dead, "mode", mode.String(), "instance", q.Instance(),
 		"concurrency", cfg.Concurrency, "batch", cfg.Batch)
 
+	var out engine.Sink = sink.New(sink.Options{Timeout: cfg.Timeout, MaxConnsPerHost: cfg.Concurrency})
+	if cfg.MediatorMode {
+		if err := recipkey.CheckPlacement(ctx, client); err != nil {
+			return err
+		}
+		topic := cfg.Redis.TopicPrefix + "_outbound"
+		out = &recipkey.Mediator{Assigner: recipkey.New(client, cfg.Stale), Topic: topic, Timeout: cfg.Timeout, Next: out}
+		log.Info("mediator mode: packed messages go to the list of their recipient key", "lists", topic+"_<recipient key>")
+	}
+
 	// The lease is written before the first take so that a crash right after it is visible.
 	for ctx.Err() == nil {
 		if err := q.Register(ctx); err == nil {
@@ -93,7 +104,7 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	p := &engine.Pipeline{
 		Source:       q,
 		Decode:       acapy.DecodeOutbound,
-		Sink:         sink.New(sink.Options{Timeout: cfg.Timeout, MaxConnsPerHost: cfg.Concurrency}),
+		Sink:         out,
 		Policy:       engine.RetryPolicy{MaxRetries: acapy.MaxRetries, Interval: 5, Backoff: 0.25, DropExhausted: cfg.DropExhausted},
 		Observer:     obs,
 		Log:          log,

@@ -67,6 +67,16 @@ func (a *Assigner) Assign(ctx context.Context, recipKey string) (string, error) 
 	return uid, err
 }
 
+// Queue records one message for recipKey and RPUSHes entry to the list <topic>_<recipKey>, the
+// list the owning instance pops. The bookkeeping comes first, as in the reference, so a message
+// is never in a list that no instance owns.
+func (a *Assigner) Queue(ctx context.Context, topic, recipKey string, entry []byte) error {
+	if _, err := a.Assign(ctx, recipKey); err != nil {
+		return err
+	}
+	return a.c.Do(ctx, a.c.B().Rpush().Key(topic+"_"+recipKey).Element(rueidis.BinaryString(entry)).Build()).Error()
+}
+
 // localSeconds reads t's local wall clock as if it were UTC: the reference stores naive local
 // times, and the script compares them with this.
 func localSeconds(t time.Time) int64 {

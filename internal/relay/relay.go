@@ -94,25 +94,19 @@ func (r *Relay) queue(ctx context.Context, p acapy.Packed, body []byte, transpor
 		reply = r.waiters.add(txn)
 		defer r.waiters.remove(txn)
 	}
-	if _, err := r.assign.Assign(ctx, p.RecipientKey); err != nil {
-		r.requests.WithLabelValues(transport, outUnavailable).Inc()
-		if errors.Is(err, recipkey.ErrNoInstance) {
-			return Result{Status: 503, Reason: err.Error()}
-		}
-		r.up.Set(0)
-		r.log.Warn("recipient key bookkeeping failed; answering 503", "err", err)
-		return Result{Status: 503, Reason: "redis unavailable"}
-	}
 	bp, _ := r.bufs.Get().(*[]byte)
 	if bp == nil {
 		bp = new([]byte)
 	}
 	entry := acapy.AppendInbound((*bp)[:0], body, txn, transport)
-	err := r.c.Do(ctx, r.c.B().Rpush().Key(r.cfg.InboundTopic+"_"+p.RecipientKey).Element(rueidis.BinaryString(entry)).Build()).Error()
+	err := r.assign.Queue(ctx, r.cfg.InboundTopic, p.RecipientKey, entry)
 	*bp = entry
 	r.bufs.Put(bp)
 	if err != nil {
 		r.requests.WithLabelValues(transport, outUnavailable).Inc()
+		if errors.Is(err, recipkey.ErrNoInstance) {
+			return Result{Status: 503, Reason: err.Error()}
+		}
 		r.up.Set(0)
 		r.log.Warn("queueing an inbound message failed; answering 503", "err", err)
 		return Result{Status: 503, Reason: "redis unavailable"}

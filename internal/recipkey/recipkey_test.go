@@ -1,0 +1,213 @@
+package recipkey
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/redistest"
+	"github.com/redis/rueidis"
+)
+
+func newClient(t testing.TB, url string) rueidis.Client {
+	t.Helper()
+	opt, err := rueidis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.DisableCache = true
+	c, err := rueidis.NewClient(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// register does what the plugin's inbound transport does at start: its uid with no keys.
+func register(t *testing.T, c rueidis.Client, uid string) {
+	t.Helper()
+	if err := c.Do(context.Background(), c.B().Hset().Key(UIDKeysMap).FieldValue().FieldValue(uid, "W10=").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// popped does what the plugin does after a pop: it stamps its last access.
+func popped(t *testing.T, c rueidis.Client, uid string, at time.Time) {
+	t.Helper()
+	if err := c.Do(context.Background(), c.B().Hset().Key(LastAccessMap).FieldValue().FieldValue(uid, FormatAccess(at)).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func hget(t *testing.T, c rueidis.Client, key, field string) string {
+	t.Helper()
+	v, err := c.Do(context.Background(), c.B().Hget().Key(key).Field(field).Build()).ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// keysOf decodes uid_recip_keys_map[uid] as the plugin does.
+func keysOf(t *testing.T, c rueidis.Client, uid string) string {
+	t.Helper()
+	b, err := base64.URLEncoding.DecodeString(hget(t, c, UIDKeysMap, uid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestAssignRoundRobinAndPending(t *testing.T) {
+	c := newClient(t, redistest.Standalone(t).URL())
+	a := New(c, 0)
+	ctx := context.Background()
+	if _, err := a.Assign(ctx, "k1"); !errors.Is(err, ErrNoInstance) {
+		t.Fatalf("no instance: %v", err)
+	}
+	register(t, c, "uid-a")
+	register(t, c, "uid-b")
+	popped(t, c, "uid-a", time.Now())
+	popped(t, c, "uid-b", time.Now())
+
+	for _, tc := range []struct{ key, uid string }{{"k1", "uid-a"}, {"k2", "uid-b"}, {"k3", "uid-a"}, {"k1", "uid-a"}, {"k2", "uid-b"}} {
+		if uid, err := a.Assign(ctx, tc.key); err != nil || uid != tc.uid {
+			t.Fatalf("%s: %q %v, want %s", tc.key, uid, err, tc.uid)
+		}
+	}
+	if got := keysOf(t, c, "uid-a"); got != `["k1", "k3"]` {
+		t.Errorf("keys of uid-a: %s", got)
+	}
+	for field, want := range map[string]string{"uid-a_k1": "2", "uid-b_k2": "2", "uid-a_k3": "1"} {
+		if got := hget(t, c, PendingMap, field); got != want {
+			t.Errorf("pending %s = %s, want %s", field, got, want)
+		}
+	}
+	if got := hget(t, c, KeyUIDMap, "k3"); got != "uid-a" {
+		t.Errorf("recip_key_uid_map[k3] = %s", got)
+	}
+}
+
+func TestAssignMovesKeysOfSilentInstance(t *testing.T) {
+	c := newClient(t, redistest.Standalone(t).URL())
+	a := New(c, 15*time.Second)
+	ctx := context.Background()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.Local)
+	a.now = func() time.Time { return now }
+	register(t, c, "uid-a")
+	register(t, c, "uid-b")
+	popped(t, c, "uid-a", now)
+	popped(t, c, "uid-b", now)
+	for _, k := range []string{"k1", "k2", "k3"} { // a, b, a
+		if _, err := a.Assign(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// 14 s of silence with messages pending: not yet stale.
+	now = now.Add(14 * time.Second)
+	popped(t, c, "uid-b", now)
+	if uid, _ := a.Assign(ctx, "k1"); uid != "uid-a" {
+		t.Fatalf("after 14 s: %s", uid)
+	}
+	// 15 s: every key of a moves to b with its pending count, and a is forgotten.
+	now = now.Add(time.Second)
+	if uid, _ := a.Assign(ctx, "k3"); uid != "uid-b" {
+		t.Fatalf("after 15 s: %s", uid)
+	}
+	if got := keysOf(t, c, "uid-b"); got != `["k2", "k1", "k3"]` {
+		t.Errorf("keys of uid-b: %s", got)
+	}
+	if v := hget(t, c, UIDKeysMap, "uid-a"); v != "" {
+		t.Errorf("uid-a still registered: %s", v)
+	}
+	for field, want := range map[string]string{"uid-b_k1": "2", "uid-b_k3": "2", "uid-a_k1": "", "uid-a_k3": ""} {
+		if got := hget(t, c, PendingMap, field); got != want {
+			t.Errorf("pending %s = %q, want %q", field, got, want)
+		}
+	}
+	for _, k := range []string{"k1", "k2", "k3"} {
+		if got := hget(t, c, KeyUIDMap, k); got != "uid-b" {
+			t.Errorf("recip_key_uid_map[%s] = %s", k, got)
+		}
+	}
+}
+
+func TestAssignKeepsSilentInstanceWithNothingPending(t *testing.T) {
+	c := newClient(t, redistest.Standalone(t).URL())
+	a := New(c, 15*time.Second)
+	ctx := context.Background()
+	register(t, c, "uid-a")
+	register(t, c, "uid-b")
+	// uid-a has never popped, but its only key has nothing pending (the count starts at 0 and
+	// this message is counted after the check): the reference keeps the key where it is.
+	if uid, _ := a.Assign(ctx, "k1"); uid != "uid-a" {
+		t.Fatalf("first: %s", uid)
+	}
+	// Now a has one pending and has never popped: the next message moves its keys.
+	if uid, _ := a.Assign(ctx, "k1"); uid != "uid-b" {
+		t.Fatalf("second: %s", uid)
+	}
+}
+
+type recorder struct{ got []string }
+
+func (r *recorder) Deliver(m *engine.Message) engine.Result {
+	r.got = append(r.got, string(m.Payload))
+	return engine.Result{}
+}
+
+func TestMediatorVectors(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "shared", "vectors", "acapy_queue_entries.json"))
+	if err != nil {
+		t.Fatalf("the shared test vectors must sit beside the repository: %v", err)
+	}
+	var v struct {
+		Inbound []struct{ List, Entry string } `json:"inbound"`
+		Body    string                         `json:"inbound_request_body_packed_message"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, redistest.Standalone(t).URL())
+	register(t, c, "uid-a")
+	next := &recorder{}
+	m := &Mediator{Assigner: New(c, 0), Topic: "acapy_outbound", Next: next}
+
+	// A packed message: the plugin's mediator entry, {"payload": ...} alone, on the list of its key.
+	if r := m.Deliver(&engine.Message{Payload: []byte(v.Body)}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	list := strings.Replace(v.Inbound[0].List, "acapy_inbound_", "acapy_outbound_", 1)
+	want := strings.Replace(v.Inbound[0].Entry, `, "transport_type": "http"`, "", 1)
+	got, err := c.Do(context.Background(), c.B().Lrange().Key(list).Start(0).Stop(-1).Build()).AsStrSlice()
+	if err != nil || len(got) != 1 || got[0] != want {
+		t.Fatalf("%s: %q %v\nwant %s", list, got, err, want)
+	}
+	if n := hget(t, c, PendingMap, "uid-a_"+strings.TrimPrefix(list, "acapy_outbound_")); n != "1" {
+		t.Errorf("pending count %q", n)
+	}
+
+	// Not a packed message (a webhook event): delivered as usual.
+	if r := m.Deliver(&engine.Message{Payload: []byte(`{"state": "active"}`)}); r.Err != nil || len(next.got) != 1 {
+		t.Fatalf("webhook: %v, next got %d", r.Err, len(next.got))
+	}
+	// A packed message with a broken header: dead-lettered with the reason, never retried.
+	r := m.Deliver(&engine.Message{Payload: []byte(`{"protected": "***"}`)})
+	if r.Err == nil || !r.Permanent || !strings.Contains(r.Err.Error(), "base64") {
+		t.Fatalf("broken header: %+v", r)
+	}
+	// No instance registered: retried later, not lost.
+	_ = c.Do(context.Background(), c.B().Del().Key(UIDKeysMap, KeyUIDMap).Build()).Error()
+	if r := m.Deliver(&engine.Message{Payload: []byte(v.Body)}); r.Err == nil || r.Permanent {
+		t.Fatalf("no instance: %+v", r)
+	}
+}
