@@ -6,7 +6,7 @@ BENCH_N ?= 200000
 # Offered rates of the open-loop latency runs (10 s each, plus the floor's 10 s).
 BENCH_RATES ?= 2000,5000,10000,20000
 
-.PHONY: all build demo test vet fmt-check bench bench-check profile services tools clean
+.PHONY: all build demo test vet fmt-check bench bench-check profile services tools loadtest clean
 
 all: build
 
@@ -41,7 +41,21 @@ bench-check: services
 
 # Load generators the benchmarks use, from Debian's packages.
 tools:
-	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk"; apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq wrk >/dev/null 2>&1 || sudo apt-get install -y -qq wrk >/dev/null; }
+	@for t in wrk curl; do command -v $$t >/dev/null 2>&1 || { echo "installing $$t"; apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq $$t >/dev/null 2>&1 || sudo apt-get install -y -qq $$t >/dev/null; }; done
+
+# k6, built from source once (about two minutes) into bin/.
+K6 := bin/k6
+$(K6):
+	@echo "building k6 v1.8.1 into bin/ (about two minutes, once)"
+	GOBIN=$(CURDIR)/bin $(GO) install go.k6.io/k6@v1.8.1
+
+# The relay under k6: the ceiling (k6 against a do-nothing server), then RATE requests/s for
+# DURATION at herald relay on a fresh Redis, then every message counted.
+RATE     ?= 20000
+DURATION ?= 10s
+loadtest: services tools build $(K6)
+	$(GO) build -o bin/sink ./loadtest/sink
+	RATE=$(RATE) DURATION=$(DURATION) bash scripts/loadtest-relay.sh
 
 # CPU and heap profiles of the at-least-once drain (the default mode), read with go tool pprof.
 profile: services

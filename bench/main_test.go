@@ -4,11 +4,11 @@ import (
 	"os"
 	"testing"
 
-	"github.com/heraldhq/herald/internal/deliver"
+	"github.com/heraldhq/herald/internal/gctune"
 )
 
 // TestMain gives the in-process deliverer the GC settings `herald deliver` runs with.
 func TestMain(m *testing.M) {
-	deliver.TuneGC()
+	gctune.Apply()
 	os.Exit(m.Run())
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/deliver"
+	"github.com/heraldhq/herald/internal/gctune"
 )
 
 // envFlags registers one flag per variable (HERALD_CONCURRENCY -> --concurrency,
@@ -104,7 +105,7 @@ environment as the Python deliverer, it replaces it.
 		return 2
 	}
 	log := newLogger(cfg.LogFormat, cfg.LogLevel)
-	deliver.TuneGC()
+	gctune.Apply()
 	ctx, cancel := signalContext(log)
 	defer cancel()
 	if err := deliver.Run(ctx, cfg, log); err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/gctune"
 	"github.com/heraldhq/herald/internal/recipkey"
 	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/relay"
@@ -54,6 +55,7 @@ HERALD_MAX_BODY; 503 Redis unreachable or no ACA-Py instance registered yet (Ret
 		return 2
 	}
 	log := newLogger(cfg.LogFormat, cfg.LogLevel)
+	gctune.Apply()
 	ctx, cancel := signalContext(log)
 	defer cancel()
 	if err := relay.Run(ctx, cfg, log); err != nil {

@@ -3,7 +3,7 @@ package acapy
 import (
 	"encoding/json"
 	"errors"
-	"strings"
+	"sync"
 )
 
 // Inbound transport types, as the reference relay writes them.
@@ -56,82 +56,180 @@ type InboundError struct {
 func (e *InboundError) Error() string { return e.Reason }
 
 // ParsePacked reads the recipient key and the return route of a packed message, as the reference
-// relay does, but with a reason instead of a crash for every malformed shape.
+// relay does, but with a reason instead of a crash for every malformed shape. It walks the body
+// once with the outbound decoder; the only allocation left is the key string.
 func ParsePacked(body []byte) (Packed, error) {
-	var msg map[string]json.RawMessage
-	if err := json.Unmarshal(body, &msg); err != nil {
-		var syn *json.SyntaxError
-		if errors.As(err, &syn) {
-			return Packed{}, &InboundError{Reason: "body is not JSON: " + syn.Error(), NotPacked: true}
-		}
-		return Packed{}, &InboundError{Reason: "body is not a JSON object", NotPacked: true}
+	st, _ := packedPool.Get().(*packedState)
+	if st == nil {
+		st = &packedState{}
 	}
+	defer packedPool.Put(st)
+	if cap(st.scratch) < len(body) {
+		st.scratch = make([]byte, 0, len(body))
+	}
+	d := decoder{b: body, scratch: st.scratch[:0]}
 	var p Packed
-	if raw, ok := msg["~transport"]; ok {
-		var t map[string]json.RawMessage
-		if json.Unmarshal(raw, &t) == nil {
-			p.ReturnRoute = truthy(t["return_route"]) && string(t["return_route"]) != `"none"`
+	var protected []byte
+	haveProtected, protectedString := false, false
+	if d.peek() != '{' {
+		if d.skip(0); d.err == nil && d.peek() == 0 {
+			return Packed{}, &InboundError{Reason: "body is not a JSON object", NotPacked: true}
 		}
+		d.fail("expected a JSON object")
+		return Packed{}, &InboundError{Reason: "body is not JSON: " + d.err.Error(), NotPacked: true}
 	}
-	raw, ok := msg["protected"]
-	if !ok {
+	d.object(func(key []byte) {
+		switch string(key) {
+		case "protected":
+			haveProtected = true
+			protectedString = d.peek() == '"'
+			if !protectedString {
+				d.skip(0)
+				return
+			}
+			protected = d.str()
+		case "~transport":
+			if d.peek() != '{' {
+				d.skip(0)
+				return
+			}
+			d.object(func(k []byte) {
+				if string(k) != "return_route" {
+					d.skip(1)
+					return
+				}
+				p.ReturnRoute = d.truthy()
+			})
+		default:
+			d.skip(0)
+		}
+	})
+	if d.err == nil && d.peek() != 0 {
+		d.fail("trailing data after the JSON object")
+	}
+	if d.err != nil {
+		return Packed{}, &InboundError{Reason: "body is not JSON: " + d.err.Error(), NotPacked: true}
+	}
+	if !haveProtected {
 		return Packed{}, &InboundError{Reason: "no protected header: not a packed message", NotPacked: true}
 	}
-	var protected string
-	if json.Unmarshal(raw, &protected) != nil {
+	if !protectedString {
 		return Packed{}, &InboundError{Reason: "protected is not a string"}
 	}
-	header, err := decodeBase64(nil, []byte(protected))
+	header, err := decodeBase64(st.header, protected)
+	st.header = header
 	if err != nil {
 		return Packed{}, &InboundError{Reason: "protected is not valid base64url"}
 	}
-	var h struct {
-		Recipients []struct {
-			Header struct {
-				Kid *string `json:"kid"`
-			} `json:"header"`
-		} `json:"recipients"`
+	key, reason := recipientKey(st, header)
+	if reason != "" {
+		return Packed{}, &InboundError{Reason: reason}
 	}
-	if json.Unmarshal(header, &h) != nil {
-		return Packed{}, &InboundError{Reason: "protected header is not the JSON of a packed message"}
-	}
-	if len(h.Recipients) == 0 {
-		return Packed{}, &InboundError{Reason: "protected header names no recipients"}
-	}
-	kids := make([]string, len(h.Recipients))
-	for i, r := range h.Recipients {
-		if r.Header.Kid == nil || *r.Header.Kid == "" {
-			return Packed{}, &InboundError{Reason: "a recipient has no header.kid"}
-		}
-		kids[i] = *r.Header.Kid
-	}
-	p.RecipientKey = strings.Join(kids, ",")
+	p.RecipientKey = key
 	return p, nil
 }
 
-// truthy is Python's truth of a JSON value.
-func truthy(raw json.RawMessage) bool {
-	s := strings.TrimSpace(string(raw))
-	switch s {
-	case "", "null", "false", "0", `""`, "[]", "{}":
+type packedState struct{ scratch, header, hscratch, key []byte }
+
+var packedPool sync.Pool
+
+// recipientKey joins the kids of the header's recipients with ",", the reference's list suffix.
+func recipientKey(st *packedState, header []byte) (string, string) {
+	if cap(st.hscratch) < len(header) {
+		st.hscratch = make([]byte, 0, len(header))
+	}
+	d := decoder{b: header, scratch: st.hscratch[:0]}
+	key := st.key[:0]
+	recipients, missingKid := 0, false
+	if d.peek() != '{' {
+		return "", "protected header is not the JSON of a packed message"
+	}
+	d.object(func(k []byte) {
+		if string(k) != "recipients" || d.peek() != '[' {
+			d.skip(0)
+			return
+		}
+		key, recipients, missingKid = key[:0], 0, false
+		d.array(func() {
+			if d.peek() != '{' {
+				d.skip(1)
+				missingKid = true
+				recipients++
+				return
+			}
+			var kid []byte
+			d.object(func(k []byte) {
+				if string(k) != "header" || d.peek() != '{' {
+					d.skip(2)
+					return
+				}
+				d.object(func(k []byte) {
+					if string(k) == "kid" && d.peek() == '"' {
+						kid = d.str()
+						return
+					}
+					d.skip(3)
+				})
+			})
+			if len(kid) == 0 {
+				missingKid = true
+			}
+			if recipients > 0 {
+				key = append(key, ',')
+			}
+			key = append(key, kid...)
+			recipients++
+		})
+	})
+	st.key = key
+	if d.err == nil && d.peek() != 0 {
+		d.fail("trailing data")
+	}
+	switch {
+	case d.err != nil:
+		return "", "protected header is not the JSON of a packed message"
+	case recipients == 0:
+		return "", "protected header names no recipients"
+	case missingKid:
+		return "", "a recipient has no header.kid"
+	}
+	return string(key), ""
+}
+
+// truthy reads any JSON value and reports Python's truth of it, with the reference relay's one
+// exception: the string "none" asks for no direct response.
+func (d *decoder) truthy() bool {
+	switch c := d.peek(); c {
+	case '"':
+		start := len(d.scratch)
+		s := d.str()
+		t := len(s) > 0 && string(s) != "none"
+		d.scratch = d.scratch[:start]
+		return t
+	case '{', '[':
+		d.i++
+		empty := d.peek() == byte(c+2) // '{'+2 == '}', '['+2 == ']'
+		d.i--
+		d.skip(1)
+		return !empty
+	case 't':
+		d.literal()
+		return true
+	case 'f', 'n':
+		d.literal()
 		return false
 	}
-	if strings.HasPrefix(s, "[") || strings.HasPrefix(s, "{") {
-		var v any
-		if json.Unmarshal(raw, &v) != nil {
-			return false
+	start := d.i
+	d.number()
+	for _, b := range d.b[start:d.i] {
+		if b == 'e' || b == 'E' {
+			break
 		}
-		switch x := v.(type) {
-		case []any:
-			return len(x) > 0
-		case map[string]any:
-			return len(x) > 0
+		if b >= '1' && b <= '9' {
+			return true
 		}
 	}
-	if f, err := json.Number(s).Float64(); err == nil {
-		return f != 0
-	}
-	return true
+	return false
 }
 
 // DirectResponse is an entry of the direct-response list, as ACA-Py's inbound transport writes it.

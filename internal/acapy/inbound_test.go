@@ -21,7 +21,7 @@ type inboundVectors struct {
 	PackedBody string `json:"inbound_request_body_packed_message"`
 }
 
-func loadInboundVectors(t *testing.T) inboundVectors {
+func loadInboundVectors(t testing.TB) inboundVectors {
 	b, _ := loadVectors(t)
 	var v inboundVectors
 	if err := json.Unmarshal(b, &v); err != nil {
@@ -67,13 +67,24 @@ func TestParsePackedReturnRoute(t *testing.T) {
 	protected := base64.RawURLEncoding.EncodeToString([]byte(`{"recipients": [{"header": {"kid": "A"}}, {"header": {"kid": "B"}}]}`))
 	for transport, want := range map[string]bool{
 		``: false,
-		`, "~transport": {"return_route": "all"}`:    true,
-		`, "~transport": {"return_route": "thread"}`: true,
-		`, "~transport": {"return_route": "none"}`:   false,
-		`, "~transport": {"return_route": ""}`:       false,
-		`, "~transport": {}`:                         false,
-		`, "~transport": "all"`:                      false,
-		`, "~transport": {"return_route": true}`:     true,
+		`, "~transport": {"return_route": "all"}`:                     true,
+		`, "~transport": {"return_route": "thread"}`:                  true,
+		`, "~transport": {"return_route": "none"}`:                    false,
+		`, "~transport": {"return_route": ""}`:                        false,
+		`, "~transport": {}`:                                          false,
+		`, "~transport": "all"`:                                       false,
+		`, "~transport": {"return_route": true}`:                      true,
+		`, "~transport": {"return_route": false}`:                     false,
+		`, "~transport": {"return_route": null}`:                      false,
+		`, "~transport": {"return_route": 0}`:                         false,
+		`, "~transport": {"return_route": 0.0e3}`:                     false,
+		`, "~transport": {"return_route": -2}`:                        true,
+		`, "~transport": {"return_route": []}`:                        false,
+		`, "~transport": {"return_route": [0]}`:                       true,
+		`, "~transport": {"return_route": {"a": 1}}`:                  true,
+		`, "~transport": {"return_route": "\u006eone"}`:               false,
+		`, "~transport": {"x": [1, {"y": 2}], "return_route": "all"}`: true,
+		`, "~transport": null`:                                        false,
 	} {
 		p, err := ParsePacked([]byte(`{"protected": "` + protected + `"` + transport + `}`))
 		if err != nil {
@@ -97,10 +108,42 @@ func TestParsePackedMalformed(t *testing.T) {
 		`{"protected": "` + enc(`{"recipients": []}`) + `"}`:                        "no recipients",
 		`{"protected": "` + enc(`{"recipients": [{"header": {}}]}`) + `"}`:          "no header.kid",
 		`{"protected": "` + enc(`{"recipients": [{"header": {"kid": ""}}]}`) + `"}`: "no header.kid",
+		`{"protected": "` + enc(`{"recipients": [{"header": {"kid": 7}}]}`) + `"}`:  "no header.kid",
+		`{"protected": "` + enc(`{"recipients": ["A"]}`) + `"}`:                     "no header.kid",
+		`{"protected": "` + enc(`{"recipients": [{"header": {"kid": "A"}}]`) + `"}`: "not the JSON",
+		`{"protected": "x"} trailing`:                                               "not JSON",
+		`{"protected": "x"`:                                                         "not JSON",
+		``:                                                                          "not JSON",
+		`"a string"`:                                                                "not a JSON object",
 	} {
 		_, err := ParsePacked([]byte(body))
 		if err == nil || !strings.Contains(err.Error(), reason) {
 			t.Errorf("%s: %v, want a reason with %q", body, err, reason)
+		}
+	}
+}
+
+func TestParsePackedKeys(t *testing.T) {
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	for header, want := range map[string]string{
+		`{"recipients": [{"header": {"kid": "A"}}]}`:                                                                "A",
+		`{"recipients": [{"encrypted_key": "x", "header": {"sender": "s", "kid": "A"}}, {"header": {"kid": "B"}}]}`: "A,B",
+		`{"alg": {"nested": [1, 2]}, "recipients": [{"header": {"kid": "\u0041b"}}]}`:                               "Ab",
+		`{"recipients": [{"header": {"kid": "old"}}], "recipients": [{"header": {"kid": "new"}}]}`:                  "new",
+	} {
+		p, err := ParsePacked([]byte(`{"protected": "` + enc(header) + `", "iv": "aXY"}`))
+		if err != nil || p.RecipientKey != want {
+			t.Errorf("%s: %q %v, want %q", header, p.RecipientKey, err, want)
+		}
+	}
+}
+
+func BenchmarkParsePacked(b *testing.B) {
+	body := []byte(loadInboundVectors(b).PackedBody)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParsePacked(body); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -374,6 +374,32 @@ func (d *decoder) object(member func(key []byte)) {
 	}
 }
 
+// array walks the elements of an array at the cursor, calling element for each; element must
+// consume the value.
+func (d *decoder) array(element func()) {
+	if !d.expect('[', "expected '['") {
+		return
+	}
+	if d.peek() == ']' {
+		d.i++
+		return
+	}
+	for d.err == nil {
+		element()
+		switch d.peek() {
+		case ',':
+			d.i++
+		case ']':
+			d.i++
+			return
+		case 0:
+			d.fail(errUnexpectedEnd)
+		default:
+			d.fail("expected ',' or ']'")
+		}
+	}
+}
+
 // DecodeOutbound parses m.Raw, an outbound entry as ACA-Py writes it, into m.URL, m.Headers,
 // m.Payload and m.Retries. Unknown keys are skipped; "headers": null and "retries": null take the
 // reference's defaults. Once m's buffers have grown it allocates nothing.

@@ -5,9 +5,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -209,5 +212,70 @@ func TestMediatorVectors(t *testing.T) {
 	_ = c.Do(context.Background(), c.B().Del().Key(UIDKeysMap, KeyUIDMap).Build()).Error()
 	if r := m.Deliver(&engine.Message{Payload: []byte(v.Body)}); r.Err == nil || r.Permanent {
 		t.Fatalf("no instance: %+v", r)
+	}
+}
+
+func TestQueueConcurrentStandalone(t *testing.T) {
+	testQueueConcurrent(t, redistest.Standalone(t).URL(), false)
+}
+
+func TestQueueConcurrentCluster(t *testing.T) {
+	testQueueConcurrent(t, redistest.Cluster(t, 3).URL(), true)
+}
+
+// testQueueConcurrent: many callers at once are committed in shared batches, and every message is
+// in its list exactly once, with the pending counts adding up.
+func testQueueConcurrent(t *testing.T, url string, cluster bool) {
+	c := newClient(t, url)
+	ctx := context.Background()
+	if cluster {
+		if _, err := Place(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	register(t, c, "uid-a")
+	register(t, c, "uid-b")
+	popped(t, c, "uid-a", time.Now().Add(time.Hour))
+	popped(t, c, "uid-b", time.Now().Add(time.Hour))
+	a := New(c, 0)
+	const workers, each, keys = 32, 100, 10
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				key := fmt.Sprintf("k%d", (w+i)%keys)
+				if err := a.Queue(ctx, "acapy_inbound", key, fmt.Appendf(nil, "%d-%d", w, i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	var pending int64
+	for k := range keys {
+		key := fmt.Sprintf("k%d", k)
+		got, err := c.Do(ctx, c.B().Lrange().Key("acapy_inbound_"+key).Start(0).Stop(-1).Build()).AsStrSlice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range got {
+			if seen[e] {
+				t.Fatalf("%s queued twice", e)
+			}
+			seen[e] = true
+		}
+		uid := hget(t, c, KeyUIDMap, key)
+		n, _ := strconv.ParseInt(hget(t, c, PendingMap, uid+"_"+key), 10, 64)
+		if n != int64(len(got)) {
+			t.Errorf("%s: %d entries, pending count %d", key, len(got), n)
+		}
+		pending += n
+	}
+	if len(seen) != workers*each || pending != workers*each {
+		t.Fatalf("%d distinct entries and %d pending for %d messages", len(seen), pending, workers*each)
 	}
 }

@@ -1,0 +1,108 @@
+package relay
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/metrics"
+	"github.com/heraldhq/herald/internal/recipkey"
+	"github.com/heraldhq/herald/internal/redistest"
+	"github.com/redis/rueidis"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func newRelay(t testing.TB) (*Relay, rueidis.Client) {
+	t.Helper()
+	opt, err := rueidis.ParseURL(redistest.Standalone(t).URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.DisableCache = true
+	c, err := rueidis.NewClient(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	cfg := config.Relay{InboundTopic: "acapy_inbound", ResponseWait: time.Second, MaxBody: 1 << 20, Stale: recipkey.DefaultStale}
+	return New(cfg, c, metrics.New("relay"), quiet), c
+}
+
+// packedBody is a packed message for kid, shaped as ACA-Py packs one.
+func packedBody(kid string) []byte {
+	protected := `{"enc": "xchacha20poly1305_ietf", "typ": "JWM/1.0", "alg": "Authcrypt", "recipients": [{"encrypted_key": "a2V5", "header": {"kid": "` + kid + `", "sender": "c2VuZGVy", "iv": "aXY"}}]}`
+	return []byte(`{"protected": "` + base64.URLEncoding.EncodeToString([]byte(protected)) + `", "iv": "aXY", "ciphertext": "` + strings.Repeat("Y2lwaGVy", 80) + `", "tag": "dGFn"}`)
+}
+
+func TestHandle(t *testing.T) {
+	r, c := newRelay(t)
+	ctx := context.Background()
+	body := packedBody("KeyA")
+	if res := r.Handle(ctx, body, acapy.TransportHTTP); res.Status != 503 || !strings.Contains(res.Reason, "no ACA-Py instance") {
+		t.Fatalf("no instance: %+v", res)
+	}
+	_ = c.Do(ctx, c.B().Hset().Key(recipkey.UIDKeysMap).FieldValue().FieldValue("uid", "W10=").Build()).Error()
+	if res := r.Handle(ctx, body, acapy.TransportHTTP); res.Status != 200 {
+		t.Fatalf("queue: %+v", res)
+	}
+	got, _ := c.Do(ctx, c.B().Lpop().Key("acapy_inbound_KeyA").Build()).ToString()
+	if want := string(acapy.AppendInbound(nil, body, "", "http")); got != want {
+		t.Fatalf("entry %s, want %s", got, want)
+	}
+	if res := r.Handle(ctx, []byte(`{"iv": 1}`), acapy.TransportHTTP); res.Status != 400 || !strings.Contains(res.Reason, "protected") {
+		t.Fatalf("bad body: %+v", res)
+	}
+
+	// A direct response reaches the waiting request through the shared reader.
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go r.readResponses(rctx, "acapy_inbound_direct_resp")
+	rr := []byte(strings.TrimSuffix(string(body), "}") + `, "~transport": {"return_route": "all"}}`)
+	go func() {
+		kv, err := c.Do(ctx, c.B().Blpop().Key("acapy_inbound_KeyA").Timeout(5).Build()).AsStrSlice()
+		if err != nil {
+			return
+		}
+		txn := kv[1][strings.Index(kv[1], `"txn_id": "`)+11:]
+		txn = txn[:strings.IndexByte(txn, '"')]
+		_ = c.Do(ctx, c.B().Rpush().Key("acapy_inbound_direct_resp").Element(
+			`{"txn_id": "`+txn+`", "response_data": {"response": "eyJvayI6IHRydWV9", "content-type": "application/json"}}`).Build()).Error()
+	}()
+	res := r.Handle(ctx, rr, acapy.TransportHTTP)
+	if res.Status != 200 || res.Response == nil || string(res.Response.Body) != `{"ok": true}` {
+		t.Fatalf("direct response: %+v", res)
+	}
+}
+
+// BenchmarkHandle is the relay's per-message cost without HTTP: parsing the packed message, the
+// bookkeeping script and the RPUSH, from as many goroutines as a loaded listener runs.
+func BenchmarkHandle(b *testing.B) {
+	r, c := newRelay(b)
+	ctx := context.Background()
+	_ = c.Do(ctx, c.B().Hset().Key(recipkey.UIDKeysMap).FieldValue().FieldValue("uid", "W10=").Build()).Error()
+	_ = c.Do(ctx, c.B().Hset().Key(recipkey.LastAccessMap).FieldValue().FieldValue("uid", recipkey.FormatAccess(time.Now().Add(time.Hour))).Build()).Error()
+	bodies := make([][]byte, 100)
+	for i := range bodies {
+		bodies[i] = packedBody(fmt.Sprintf("Key%03dH3C2AVvLMv6gmMNam3uVAjZpfk", i))
+	}
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if res := r.Handle(ctx, bodies[i%len(bodies)], acapy.TransportHTTP); res.Status != 200 {
+				b.Fatalf("%+v", res)
+			}
+			i++
+		}
+	})
+}

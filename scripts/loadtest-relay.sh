@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The relay's load test, in one run on this machine:
+#   1. the ceiling: loadtest/relay.js against loadtest/sink, a fasthttp server that answers 200 and
+#      does nothing else, so that the load generator's own cost is on record beside the relay's;
+#   2. the relay: a fresh Redis on a free port, one registered ACA-Py uid (kept fresh by a loop
+#      standing in for a live instance), `herald relay`, and the same k6 script at the same rate.
+# Afterwards it counts what landed in Redis: every 200 must be one entry on one
+# <prefix>_inbound_<recipient key> list, and the pending counts must add up to the same number.
+# Exits non-zero when k6's thresholds (0 errors, p99 <= 10 ms) fail against the relay or a message
+# is missing.
+#
+#   RATE=20000 DURATION=10s KEYS=100 BATCH=10 scripts/loadtest-relay.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+RATE=${RATE:-20000}
+BATCH=${BATCH:-10}
+DURATION=${DURATION:-10s}
+KEYS=${KEYS:-100}
+K6=${K6:-bin/k6}
+HERALD=${HERALD:-bin/herald}
+SINK=${SINK:-bin/sink}
+work=$(mktemp -d)
+
+free_port() {
+  local p
+  while :; do
+    # Below the ephemeral range (32768-60999 on Linux), where outgoing connections take ports.
+    p=$((10000 + RANDOM % 22000))
+    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$p" 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_http() { # URL: up to 10 s
+  for _ in $(seq 100); do curl -fs --max-time 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+
+# CPU seconds (user + system) a process has used so far, from /proc.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# run_k6 NAME TARGET: runs the script, leaves the summary in $work/NAME.json and k6's CPU seconds
+# in $work/NAME.cpu, and returns k6's exit status.
+run_k6() {
+  local status
+  TIMEFORMAT='%U %S'
+  exec 3>&1
+  { time "$K6" run --quiet --summary-export "$work/$1.json" \
+    -e TARGET="$2" -e RATE="$RATE" -e DURATION="$DURATION" -e KEYS="$KEYS" -e BATCH="$BATCH" \
+    loadtest/relay.js 1>&3 2>&3; } 2>"$work/$1.time"
+  status=$?
+  exec 3>&-
+  awk '{ print $1 + $2 }' "$work/$1.time" >"$work/$1.cpu"
+  return $status
+}
+
+# summary NAME: "<requests> <rate> <p99 ms> <failed>" from a k6 summary export.
+summary() {
+  tr -d ' \n' <"$work/$1.json" | awk '{
+    match($0, /"http_reqs":\{"count":[0-9]+,"rate":[0-9.]+/); split(substr($0, RSTART, RLENGTH), a, /[:,]/)
+    match($0, /"http_req_duration":\{[^}]*"p\(99\)":[0-9.e-]+/); d = substr($0, RSTART, RLENGTH); sub(/.*"p\(99\)":/, "", d)
+    match($0, /"http_req_failed":\{[^}]*"passes":[0-9]+/); f = substr($0, RSTART, RLENGTH); sub(/.*"passes":/, "", f)
+    printf "%d %.0f %.2f %d", a[3], a[5], d, f }'
+}
+
+# 1. The ceiling.
+sink_port=$(free_port)
+"$SINK" -addr "127.0.0.1:$sink_port" >"$work/sink.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$sink_port/" || { echo "loadtest/sink did not start:"; cat "$work/sink.log"; exit 1; }
+echo "== ceiling: k6 against a do-nothing fasthttp server, $RATE requests/s for $DURATION"
+run_k6 ceiling "http://127.0.0.1:$sink_port/" >/dev/null
+kill "${pids[0]}" 2>/dev/null
+read -r c_requests c_rate c_p99 _ <<<"$(summary ceiling)"
+echo "ceiling: $c_requests requests, $c_rate/s, p99 $c_p99 ms, k6 CPU $(echo "scale=1; $(cat "$work/ceiling.cpu") * 1000000 / ($c_requests + 1)" | bc) µs per request"
+
+# 2. The relay.
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+redis_pid=$!
+pids+=($redis_pid)
+rcli() { redis-cli -p "$redis_port" "$@"; }
+for _ in $(seq 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
+rcli ping >/dev/null 2>&1 || { echo "redis-server did not start on :$redis_port:"; tail -5 "$work/redis.log"; exit 1; }
+
+# One ACA-Py instance as the plugin registers it (no keys yet), and its last access kept fresh
+# the way a popping instance keeps it: otherwise every message would reassign its keys.
+rcli hset uid_recip_keys_map loadtest-uid W10= >/dev/null
+(while :; do rcli hset uid_last_access_map loadtest-uid "$(date +%Y-%m-%dT%H:%M:%SZ)" >/dev/null; sleep 1; done) &
+pids+=($!)
+
+http_port=$(free_port)
+status_port=$(free_port)
+REDIS_SERVER_URL="redis://127.0.0.1:$redis_port" TOPIC_PREFIX=acapy \
+  INBOUND_TRANSPORT_CONFIG="[[\"http\",\"127.0.0.1\",$http_port]]" \
+  STATUS_ENDPOINT_HOST=127.0.0.1 STATUS_ENDPOINT_PORT="$status_port" STATUS_ENDPOINT_API_KEY=loadtest \
+  "$HERALD" relay >"$work/relay.log" 2>&1 &
+relay_pid=$!
+pids+=($relay_pid)
+wait_http "http://127.0.0.1:$http_port/" || { echo "herald relay did not start:"; tail -5 "$work/relay.log"; exit 1; }
+
+relay_cpu0=$(cpu_of "$relay_pid")
+redis_cpu0=$(cpu_of "$redis_pid")
+echo "== relay: $RATE requests/s for $DURATION over $KEYS recipient keys (Redis :$redis_port, relay :$http_port)"
+run_k6 relay "http://127.0.0.1:$http_port/"
+k6_status=$?
+relay_cpu=$(echo "$(cpu_of "$relay_pid") - $relay_cpu0" | bc)
+redis_cpu=$(echo "$(cpu_of "$redis_pid") - $redis_cpu0" | bc)
+read -r requests rate p99 failed <<<"$(summary relay)"
+
+entries=0
+while read -r list; do
+  [ -n "$list" ] && entries=$((entries + $(rcli llen "$list")))
+done < <(rcli --scan --pattern 'acapy_inbound_*')
+pending=$(rcli hvals uid_recip_key_pending_msg_count | awk '{ s += $1 } END { print s + 0 }')
+queued=$(curl -fs --max-time 10 -H 'access_token: loadtest' "http://127.0.0.1:$status_port/metrics" |
+  awk '/^herald_relay_messages_total\{outcome="queued"/ { s += $2 } END { printf "%d", s }')
+scripts=$(rcli info commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha:/ { print $3 }')
+rss=$(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$relay_pid/status")
+per_req() { echo "scale=1; $1 * 1000000 / ($requests + 1)" | bc; }
+
+echo
+echo "relay load test, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(date -u +%Y-%m-%d):"
+echo "  offered $RATE/s for $DURATION in batches of $BATCH"
+echo "  ceiling (k6 -> do-nothing server): $c_rate requests/s, p99 $c_p99 ms"
+echo "  herald relay:                      $rate requests/s, p99 $p99 ms, $failed errors"
+echo "  relay / ceiling: rate $(echo "scale=2; $rate / $c_rate" | bc)"
+echo "  CPU per request: k6 $(per_req "$(cat "$work/relay.cpu")") µs, relay $(per_req "$relay_cpu") µs, Redis $(per_req "$redis_cpu") µs"
+echo "  bookkeeping script calls: ${scripts:-0} ($(echo "scale=1; $requests / ${scripts:-1}" | bc) messages per call); relay peak RSS $rss"
+echo "  counted: k6 sent $requests, relay queued $queued, entries in Redis $entries, pending counts $pending"
+status=0
+if [ "$k6_status" -ne 0 ]; then
+  echo "FAIL: k6 thresholds against the relay (0 errors, p99 <= 10 ms) not met"
+  status=1
+fi
+if [ "$requests" != "$entries" ] || [ "$entries" != "$pending" ] || [ "$entries" != "$queued" ]; then
+  echo "FAIL: every request must be exactly one entry in Redis"
+  tail -20 "$work/relay.log"
+  status=1
+fi
+[ $status -eq 0 ] && echo "loadtest: OK"
+exit $status
