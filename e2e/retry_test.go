@@ -134,3 +134,24 @@ func TestBadConfigurationExits2(t *testing.T) {
 		}
 	}
 }
+
+func TestRelayBadConfigurationExits2(t *testing.T) {
+	for _, tc := range []struct {
+		env []string
+		key string
+	}{
+		{nil, "REDIS_SERVER_URL"},
+		{[]string{"REDIS_SERVER_URL=redis://127.0.0.1:6379"}, "INBOUND_TRANSPORT_CONFIG"},
+		{[]string{"REDIS_SERVER_URL=redis://127.0.0.1:6379", `INBOUND_TRANSPORT_CONFIG=[["http","0.0.0.0"]]`}, "INBOUND_TRANSPORT_CONFIG"},
+		{[]string{"REDIS_SERVER_URL=redis://127.0.0.1:6379", `INBOUND_TRANSPORT_CONFIG=[["smtp","0.0.0.0",25]]`}, "INBOUND_TRANSPORT_CONFIG"},
+		{[]string{"REDIS_SERVER_URL=redis://127.0.0.1:6379", `INBOUND_TRANSPORT_CONFIG=not json`}, "INBOUND_TRANSPORT_CONFIG"},
+		{[]string{"REDIS_SERVER_URL=redis://127.0.0.1:6379", `INBOUND_TRANSPORT_CONFIG=[["http","0.0.0.0",8021]]`, "HERALD_MAX_BODY=big"}, "HERALD_MAX_BODY"},
+	} {
+		p := start(t, tc.env, "relay")
+		code := p.wait(5 * time.Second)
+		out := strings.TrimSpace(p.log.String())
+		if code != 2 || strings.Count(out, "\n") != 0 || !strings.Contains(out, tc.key) {
+			t.Errorf("env %v: exit %d, output %q; want exit 2 and one line naming %s", tc.env, code, out, tc.key)
+		}
+	}
+}

@@ -24,10 +24,10 @@ func runRelay(args []string) int {
 
 Takes DIDComm messages over HTTP (POST /) and WebSocket (each frame) and RPUSHes each, as the
 reference relay does, onto <prefix>_inbound_<recipient key>, keeping the plugin's recipient-key
-assignment (which ACA-Py instance reads which key) in one Redis script per message. A message whose
-~transport.return_route asks for it is answered with the direct response ACA-Py queues for it.
-GET / answers 200 (with ?c_i= a note about invitations). Started with the same environment as the
-Python relay, it replaces it.
+assignment (which ACA-Py instance reads which key) atomically in one Redis script call, which
+messages arriving together share. A message whose ~transport.return_route asks for it is answered
+with the direct response ACA-Py queues for it. GET / answers 200 (with ?c_i= a note about
+invitations). Started with the same environment as the Python relay, it replaces it.
 
 Answers: 200 queued; 400 not a packed message (the reason in the body); 413 larger than
 HERALD_MAX_BODY; 503 Redis unreachable or no ACA-Py instance registered yet (Retry-After: 1).

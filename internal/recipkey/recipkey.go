@@ -2,7 +2,8 @@
 // does: each recipient key is assigned to one registered instance (round robin), the keys of an
 // instance that has gone silent with messages pending move to another, and every queued message
 // counts as pending for its instance. The reference does this in a dozen round trips with races
-// between relays; here it is one server-side script per message.
+// between relays; here each message's bookkeeping is atomic, inside one server-side script call
+// that messages arriving at the same moment share.
 package recipkey
 
 import (

@@ -1,6 +1,6 @@
 // Package relay is the `herald relay` service: the drop-in replacement for the reference relay of
 // ACA-Py's redis_events plugin. It takes DIDComm messages over HTTP and WebSocket, queues each on
-// the list of its recipient key with the plugin's bookkeeping (one script per message), and
+// the list of its recipient key with the plugin's bookkeeping (atomic, in one script call), and
 // answers requests that ask for a direct response with the response ACA-Py queues for them.
 package relay
 
