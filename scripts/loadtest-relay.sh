@@ -64,11 +64,13 @@ run_k6() {
 
 # summary NAME: "<requests> <rate> <p99 ms> <failed>" from a k6 summary export.
 summary() {
-  tr -d ' \n' <"$work/$1.json" | awk '{
-    match($0, /"http_reqs":\{"count":[0-9]+,"rate":[0-9.]+/); split(substr($0, RSTART, RLENGTH), a, /[:,]/)
-    match($0, /"http_req_duration":\{[^}]*"p\(99\)":[0-9.e-]+/); d = substr($0, RSTART, RLENGTH); sub(/.*"p\(99\)":/, "", d)
-    match($0, /"http_req_failed":\{[^}]*"passes":[0-9]+/); f = substr($0, RSTART, RLENGTH); sub(/.*"passes":/, "", f)
-    printf "%d %.0f %.2f %d", a[3], a[5], d, f }'
+  tr -d ' \n' <"$work/$1.json" | awk '
+    function field(metric, name,   m) {
+      if (!match($0, "\"" metric "\":\\{[^}]*\"" name "\":[0-9.e+-]+")) return 0
+      m = substr($0, RSTART, RLENGTH); sub(/.*:/, "", m); return m
+    }
+    { printf "%d %.0f %.2f %d", field("http_reqs", "count"), field("http_reqs", "rate"),
+        field("http_req_duration", "p\\(99\\)"), field("http_req_failed", "passes") }'
 }
 
 # 1. The ceiling.
@@ -98,11 +100,11 @@ rcli hset uid_recip_keys_map loadtest-uid W10= >/dev/null
 pids+=($!)
 
 http_port=$(free_port)
-status_port=$(free_port)
+status_port=${STATUS_PORT:-$(free_port)}
 REDIS_SERVER_URL="redis://127.0.0.1:$redis_port" TOPIC_PREFIX=acapy \
   INBOUND_TRANSPORT_CONFIG="[[\"http\",\"127.0.0.1\",$http_port]]" \
   STATUS_ENDPOINT_HOST=127.0.0.1 STATUS_ENDPOINT_PORT="$status_port" STATUS_ENDPOINT_API_KEY=loadtest \
-  "$HERALD" relay >"$work/relay.log" 2>&1 &
+  ${RELAY_ENV:-} "$HERALD" relay >"$work/relay.log" 2>&1 &
 relay_pid=$!
 pids+=($relay_pid)
 wait_http "http://127.0.0.1:$http_port/" || { echo "herald relay did not start:"; tail -5 "$work/relay.log"; exit 1; }
@@ -121,8 +123,13 @@ while read -r list; do
   [ -n "$list" ] && entries=$((entries + $(rcli llen "$list")))
 done < <(rcli --scan --pattern 'acapy_inbound_*')
 pending=$(rcli hvals uid_recip_key_pending_msg_count | awk '{ s += $1 } END { print s + 0 }')
-queued=$(curl -fs --max-time 10 -H 'access_token: loadtest' "http://127.0.0.1:$status_port/metrics" |
-  awk '/^herald_relay_messages_total\{outcome="queued"/ { s += $2 } END { printf "%d", s }')
+curl -fs --max-time 10 -H 'access_token: loadtest' "http://127.0.0.1:$status_port/metrics" >"$work/metrics"
+queued=$(awk '/^herald_relay_messages_total\{outcome="queued"/ { s += $2 } END { printf "%d", s }' "$work/metrics")
+# The relay's own view: the histogram bucket holding the 99th percentile of book-and-queue time.
+cp "$work/metrics" /tmp/relay-metrics.txt 2>/dev/null
+relay_p99=$(awk -F'[" ]' '/^herald_relay_queue_seconds_bucket/ { le[n] = $2; c[n++] = $NF }
+  /^herald_relay_queue_seconds_count/ { total = $NF }
+  END { for (i = 0; i < n; i++) if (c[i] >= 0.99 * total) { printf "%g ms", le[i] * 1000; exit } }' "$work/metrics")
 scripts=$(rcli info commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha:/ { print $3 }')
 rss=$(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$relay_pid/status")
 per_req() { echo "scale=1; $1 * 1000000 / ($requests + 1)" | bc; }
@@ -132,6 +139,7 @@ echo "relay load test, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | c
 echo "  offered $RATE/s for $DURATION in batches of $BATCH"
 echo "  ceiling (k6 -> do-nothing server): $c_rate requests/s, p99 $c_p99 ms"
 echo "  herald relay:                      $rate requests/s, p99 $p99 ms, $failed errors"
+echo "  inside the relay, book and queue:  p99 <= $relay_p99 (its histogram)"
 echo "  relay / ceiling: rate $(echo "scale=2; $rate / $c_rate" | bc)"
 echo "  CPU per request: k6 $(per_req "$(cat "$work/relay.cpu")") µs, relay $(per_req "$relay_cpu") µs, Redis $(per_req "$redis_cpu") µs"
 echo "  bookkeeping script calls: ${scripts:-0} ($(echo "scale=1; $requests / ${scripts:-1}" | bc) messages per call); relay peak RSS $rss"

@@ -279,3 +279,49 @@ func testQueueConcurrent(t *testing.T, url string, cluster bool) {
 		t.Fatalf("%d distinct entries and %d pending for %d messages", len(seen), pending, workers*each)
 	}
 }
+
+// TestKeyListsStayPythonBytes: the key lists are appended to in place (only their last bytes
+// re-encoded); after many appends and a move of every key, each list is still exactly
+// urlsafe_b64encode(json.dumps(keys)), as the plugin writes and reads it.
+func TestKeyListsStayPythonBytes(t *testing.T) {
+	c := newClient(t, redistest.Standalone(t).URL())
+	a := New(c, 15*time.Second)
+	ctx := context.Background()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.Local)
+	a.now = func() time.Time { return now }
+	register(t, c, "uid-a")
+	register(t, c, "uid-b")
+	popped(t, c, "uid-a", now)
+	popped(t, c, "uid-b", now)
+	want := map[string][]string{}
+	for i := range 61 { // odd and even counts, every padding length
+		key := fmt.Sprintf("did:key:z6Mk%0*d", 1+i%7, i)
+		uid, err := a.Assign(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[uid] = append(want[uid], key)
+	}
+	pyList := func(keys []string) string {
+		b, _ := json.Marshal(keys)
+		return base64.URLEncoding.EncodeToString([]byte(strings.ReplaceAll(string(b), `","`, `", "`)))
+	}
+	for uid, keys := range want {
+		if got := hget(t, c, UIDKeysMap, uid); got != pyList(keys) {
+			t.Fatalf("%s:\n got %s\nwant %s", uid, got, pyList(keys))
+		}
+	}
+	// uid-a goes silent with messages pending: all its keys move to uid-b, appended in order.
+	now = now.Add(20 * time.Second)
+	popped(t, c, "uid-b", now)
+	if _, err := a.Assign(ctx, want["uid-a"][0]); err != nil {
+		t.Fatal(err)
+	}
+	moved := append(append([]string{}, want["uid-b"]...), want["uid-a"]...)
+	if got := hget(t, c, UIDKeysMap, "uid-b"); got != pyList(moved) {
+		t.Fatalf("after the move:\n got %s\nwant %s", got, pyList(moved))
+	}
+	if got := hget(t, c, UIDKeysMap, "uid-a"); got != "" {
+		t.Fatalf("uid-a still registered: %s", got)
+	}
+}
