@@ -19,21 +19,6 @@ import (
 	"github.com/redis/rueidis"
 )
 
-func newClient(t testing.TB, url string) rueidis.Client {
-	t.Helper()
-	opt, err := rueidis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	c, err := rueidis.NewClient(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
 // register does what the plugin's inbound transport does at start: its uid with no keys.
 func register(t *testing.T, c rueidis.Client, uid string) {
 	t.Helper()
@@ -70,7 +55,7 @@ func keysOf(t *testing.T, c rueidis.Client, uid string) string {
 }
 
 func TestAssignRoundRobinAndPending(t *testing.T) {
-	c := newClient(t, redistest.Standalone(t).URL())
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	a := New(c, 0)
 	ctx := context.Background()
 	if _, err := a.Assign(ctx, "k1"); !errors.Is(err, ErrNoInstance) {
@@ -99,16 +84,24 @@ func TestAssignRoundRobinAndPending(t *testing.T) {
 	}
 }
 
-func TestAssignMovesKeysOfSilentInstance(t *testing.T) {
-	c := newClient(t, redistest.Standalone(t).URL())
+// twoInstances registers uid-a and uid-b, both just popped, and returns an Assigner whose clock
+// reads *now.
+func twoInstances(t *testing.T) (rueidis.Client, *Assigner, *time.Time) {
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	a := New(c, 15*time.Second)
-	ctx := context.Background()
-	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.Local)
-	a.now = func() time.Time { return now }
+	now := new(time.Time)
+	*now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.Local)
+	a.now = func() time.Time { return *now }
 	register(t, c, "uid-a")
 	register(t, c, "uid-b")
-	popped(t, c, "uid-a", now)
-	popped(t, c, "uid-b", now)
+	popped(t, c, "uid-a", *now)
+	popped(t, c, "uid-b", *now)
+	return c, a, now
+}
+
+func TestAssignMovesKeysOfSilentInstance(t *testing.T) {
+	c, a, now := twoInstances(t)
+	ctx := context.Background()
 	for _, k := range []string{"k1", "k2", "k3"} { // a, b, a
 		if _, err := a.Assign(ctx, k); err != nil {
 			t.Fatal(err)
@@ -116,13 +109,13 @@ func TestAssignMovesKeysOfSilentInstance(t *testing.T) {
 	}
 
 	// 14 s of silence with messages pending: not yet stale.
-	now = now.Add(14 * time.Second)
-	popped(t, c, "uid-b", now)
+	*now = now.Add(14 * time.Second)
+	popped(t, c, "uid-b", *now)
 	if uid, _ := a.Assign(ctx, "k1"); uid != "uid-a" {
 		t.Fatalf("after 14 s: %s", uid)
 	}
 	// 15 s: every key of a moves to b with its pending count, and a is forgotten.
-	now = now.Add(time.Second)
+	*now = now.Add(time.Second)
 	if uid, _ := a.Assign(ctx, "k3"); uid != "uid-b" {
 		t.Fatalf("after 15 s: %s", uid)
 	}
@@ -145,7 +138,7 @@ func TestAssignMovesKeysOfSilentInstance(t *testing.T) {
 }
 
 func TestAssignKeepsSilentInstanceWithNothingPending(t *testing.T) {
-	c := newClient(t, redistest.Standalone(t).URL())
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	a := New(c, 15*time.Second)
 	ctx := context.Background()
 	register(t, c, "uid-a")
@@ -180,7 +173,7 @@ func TestMediatorVectors(t *testing.T) {
 	if err := json.Unmarshal(b, &v); err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(t, redistest.Standalone(t).URL())
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	register(t, c, "uid-a")
 	next := &recorder{}
 	m := &Mediator{Assigner: New(c, 0), Topic: "acapy_outbound", Next: next}
@@ -226,7 +219,7 @@ func TestQueueConcurrentCluster(t *testing.T) {
 // testQueueConcurrent: many callers at once are committed in shared batches, and every message is
 // in its list exactly once, with the pending counts adding up.
 func testQueueConcurrent(t *testing.T, url string, cluster bool) {
-	c := newClient(t, url)
+	c := redistest.Client(t, url)
 	ctx := context.Background()
 	if cluster {
 		if _, err := Place(ctx, c); err != nil {
@@ -284,15 +277,8 @@ func testQueueConcurrent(t *testing.T, url string, cluster bool) {
 // re-encoded); after many appends and a move of every key, each list is still exactly
 // urlsafe_b64encode(json.dumps(keys)), as the plugin writes and reads it.
 func TestKeyListsStayPythonBytes(t *testing.T) {
-	c := newClient(t, redistest.Standalone(t).URL())
-	a := New(c, 15*time.Second)
+	c, a, now := twoInstances(t)
 	ctx := context.Background()
-	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.Local)
-	a.now = func() time.Time { return now }
-	register(t, c, "uid-a")
-	register(t, c, "uid-b")
-	popped(t, c, "uid-a", now)
-	popped(t, c, "uid-b", now)
 	want := map[string][]string{}
 	for i := range 61 { // odd and even counts, every padding length
 		key := fmt.Sprintf("did:key:z6Mk%0*d", 1+i%7, i)
@@ -312,8 +298,8 @@ func TestKeyListsStayPythonBytes(t *testing.T) {
 		}
 	}
 	// uid-a goes silent with messages pending: all its keys move to uid-b, appended in order.
-	now = now.Add(20 * time.Second)
-	popped(t, c, "uid-b", now)
+	*now = now.Add(20 * time.Second)
+	popped(t, c, "uid-b", *now)
 	if _, err := a.Assign(ctx, want["uid-a"][0]); err != nil {
 		t.Fatal(err)
 	}

@@ -18,21 +18,6 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func newClient(t testing.TB, url string) rueidis.Client {
-	t.Helper()
-	opt, err := rueidis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	c, err := rueidis.NewClient(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
 func retryMember(dst []byte, m *engine.Message, retries int) []byte {
 	return fmt.Appendf(dst, "%s|%d", m.Raw, retries)
 }
@@ -99,7 +84,7 @@ func TestTakeAckReleaseCluster(t *testing.T)    { testTakeAckRelease(t, redistes
 
 func testTakeAckRelease(t *testing.T, url string) {
 	ctx := context.Background()
-	c := newClient(t, url)
+	c := redistest.Client(t, url)
 	q := newQueue(c, "tar", Options{})
 	push(t, c, q.o.Keys.Queue, "a", "b", "c", "d", "e")
 
@@ -173,7 +158,7 @@ func testTakeAckRelease(t *testing.T, url string) {
 
 func TestReapReturnsDeadInstanceMessages(t *testing.T) {
 	ctx := context.Background()
-	c := newClient(t, redistest.Standalone(t).URL())
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	dead := newQueue(c, "reap", Options{Lease: time.Second})
 	push(t, c, dead.o.Keys.Queue, "1", "2", "3", "4")
 	if err := dead.Register(ctx); err != nil {
@@ -207,7 +192,7 @@ func TestReapReturnsDeadInstanceMessages(t *testing.T) {
 // every due member must reach the queue exactly once.
 func TestPumpWithReferencePumps(t *testing.T) {
 	ctx := context.Background()
-	c := newClient(t, redistest.Standalone(t).URL())
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	q := newQueue(c, "pump", Options{PumpBatch: 10})
 	q2 := newQueue(c, "pump", Options{PumpBatch: 7})
 	const n = 3000
@@ -273,7 +258,7 @@ func TestPumpWithReferencePumps(t *testing.T) {
 // staging script and the push would: a live pump must claim and push them.
 func TestPumpCrashInStaging(t *testing.T) {
 	ctx := context.Background()
-	c := newClient(t, redistest.Standalone(t).URL())
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	dead := newQueue(c, "crash", Options{Lease: time.Second})
 	if err := c.Do(ctx, c.B().Zadd().Key(dead.o.Keys.RetrySet).ScoreMember().ScoreMember(1, "x").ScoreMember(2, "y").Build()).Error(); err != nil {
 		t.Fatal(err)
@@ -304,7 +289,7 @@ func TestPumpCrashInStaging(t *testing.T) {
 
 func TestAtMostOnce(t *testing.T) {
 	ctx := context.Background()
-	c := newClient(t, redistest.Standalone(t).URL())
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	q := newQueue(c, "amo", Options{Mode: AtMostOnce})
 	push(t, c, q.o.Keys.Queue, "a", "b", "c")
 	got, err := q.Take(ctx, nil, 2)
@@ -324,7 +309,7 @@ func TestAtMostOnce(t *testing.T) {
 
 func TestPingEveryClusterNode(t *testing.T) {
 	cl := redistest.Cluster(t, 3)
-	q := newQueue(newClient(t, cl.URL()), "ping", Options{})
+	q := newQueue(redistest.Client(t, cl.URL()), "ping", Options{})
 	if err := q.Ping(context.Background()); err != nil {
 		t.Fatalf("healthy cluster: %v", err)
 	}

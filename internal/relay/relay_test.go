@@ -22,16 +22,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func newRelay(t testing.TB) (*Relay, rueidis.Client) {
 	t.Helper()
-	opt, err := rueidis.ParseURL(redistest.Standalone(t).URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.DisableCache = true
-	c, err := rueidis.NewClient(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := redistest.Client(t, redistest.Standalone(t).URL())
 	cfg := config.Relay{InboundTopic: "acapy_inbound", ResponseWait: time.Second, MaxBody: 1 << 20, Stale: recipkey.DefaultStale}
 	return New(cfg, c, metrics.New("relay"), quiet), c
 }
