@@ -161,6 +161,19 @@ func testRelayVectors(t *testing.T, url string, cluster bool) {
 	body := []byte(v.Body)
 	list := v.Inbound[0].List
 
+	// GET / as the reference answers it, with the invitation note for ?c_i=.
+	for _, tc := range []struct{ path, body string }{{"/", ""}, {"/?c_i=eyJ0eXBlIjogImludml0YXRpb24ifQ", "You have received a connection invitation"}} {
+		resp, err := http.Get("http://127.0.0.1:" + r.http + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(string(b), tc.body) || (tc.body == "" && len(b) != 0) {
+			t.Errorf("GET %s: %d %q", tc.path, resp.StatusCode, b)
+		}
+	}
+
 	// No ACA-Py instance yet: nobody would read the message.
 	if code, reason, _ := r.post(t, body); code != 503 || !strings.Contains(reason, "no ACA-Py instance") {
 		t.Fatalf("no instance: %d %q", code, reason)
@@ -212,6 +225,17 @@ func testRelayVectors(t *testing.T, url string, cluster bool) {
 			t.Errorf("direct response via %s: %d %q %q", tc.list, code, reply, ctype)
 		}
 	}
+	// Over WebSocket the response comes back as a binary frame on the same connection.
+	go answer(t, c, list, "acapy_inbound_direct_resp", v.DirectResponse[0].Entry)
+	if err := ws.WriteMessage(websocket.TextMessage, rr); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if kind, reply, err := ws.ReadMessage(); err != nil || kind != websocket.BinaryMessage || string(reply) != v.DirectResponse[0].HTTPReply {
+		t.Errorf("direct response over WebSocket: %v %d %q", err, kind, reply)
+	}
+	_ = ws.SetReadDeadline(time.Time{})
+
 	// Nobody answers: 200 with no body once the wait is over.
 	startWait := time.Now()
 	if code, reply, _ := r.post(t, rr); code != 200 || reply != "" || time.Since(startWait) < 2*time.Second {
