@@ -194,6 +194,18 @@ type Vars interface {
 	Var(name string) ([]byte, bool)
 }
 
+// Vars lists the names of the template's placeholders, in order, so that a service can refuse at
+// start a template naming a value it will never have.
+func (t *Template) Vars() []string {
+	var names []string
+	for _, p := range t.parts {
+		if p.isVar {
+			names = append(names, p.text)
+		}
+	}
+	return names
+}
+
 // Append appends the template with its placeholders replaced by vars.
 func (t *Template) Append(dst []byte, vars Vars) ([]byte, error) {
 	for _, p := range t.parts {

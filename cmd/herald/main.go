@@ -23,6 +23,7 @@ func init() {
 	commands = []command{
 		{"deliver", "take ACA-Py outbound messages off Redis and deliver them (HTTP, WebSocket)", runDeliver},
 		{"relay", "take DIDComm messages over HTTP and WebSocket and queue them for ACA-Py", runRelay},
+		{"events", "take ACA-Py events over HTTP and route them to Redis lists as the redis_events plugin does", runEvents},
 		{"demo", "run the deliverer end to end on this machine: local Redis, a producer and a receiver", runDemo},
 		{"version", "print the version", runVersion},
 		{"help", "show this help", func([]string) int { usage(os.Stdout); return 0 }},

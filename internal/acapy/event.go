@@ -374,3 +374,78 @@ func appendPyFloat(dst []byte, f float64) []byte {
 	dst = append(dst, '.')
 	return append(dst, digits[exp+1:]...)
 }
+
+// ParseEvent reads one event of Herald's ingest format, {"topic": T, "payload": {...},
+// "wallet_id": W or null}, into e. Escaped strings are unescaped into scratch, which must have
+// room for len(b) bytes more (it is never grown, so e's slices stay valid); the returned scratch
+// holds them. The payload must be an object ({} when absent).
+func ParseEvent(b, scratch []byte, e *Event) ([]byte, error) {
+	d := decoder{b: b, scratch: scratch}
+	*e = Event{}
+	if d.peek() != '{' {
+		return scratch, &DecodeError{Offset: -1, Reason: "an event is a JSON object {\"topic\", \"payload\", \"wallet_id\"}"}
+	}
+	var fieldErr error
+	d.object(func(k []byte) {
+		switch string(k) {
+		case "topic":
+			if d.peek() != '"' {
+				fieldErr = &DecodeError{Offset: -1, Reason: "topic is not a string"}
+				d.skip(0)
+				return
+			}
+			e.Topic = d.str()
+		case "wallet_id":
+			if d.isNull() {
+				return
+			}
+			if d.peek() != '"' {
+				fieldErr = &DecodeError{Offset: -1, Reason: "wallet_id is not a string or null"}
+				d.skip(0)
+				return
+			}
+			e.WalletID = d.str()
+		case "payload":
+			if d.peek() != '{' {
+				fieldErr = &DecodeError{Offset: -1, Reason: "payload is not a JSON object"}
+			}
+			start := d.i
+			d.skip(0)
+			e.Payload = bytes.TrimSpace(d.b[start:d.i])
+		default:
+			d.skip(0)
+		}
+	})
+	if d.err == nil && d.peek() != 0 {
+		d.fail("trailing data after the event")
+	}
+	switch {
+	case d.err != nil:
+		return d.scratch, d.err
+	case fieldErr != nil:
+		return d.scratch, fieldErr
+	case len(e.Topic) == 0:
+		return d.scratch, &DecodeError{Offset: -1, Reason: "topic is missing or empty"}
+	}
+	if e.Payload == nil {
+		e.Payload = emptyObject
+	}
+	return d.scratch, nil
+}
+
+var emptyObject = []byte("{}")
+
+// StringMember returns the string value of key in the JSON object obj, unescaped into scratch
+// when it has escapes; ok is false when obj has no such string member.
+func StringMember(obj, scratch []byte, key string) (val, out []byte, ok bool) {
+	raw, err := memberValue(obj, key)
+	if err != nil || len(raw) == 0 || raw[0] != '"' {
+		return nil, scratch, false
+	}
+	d := decoder{b: raw, scratch: scratch}
+	s := d.str()
+	if d.err != nil {
+		return nil, scratch, false
+	}
+	return s, d.scratch, true
+}

@@ -376,3 +376,90 @@ func portOf(v any) (int, bool) {
 	}
 	return n, n >= 0 && n <= 65535
 }
+
+// WebhookURL is one of ACA-Py's admin.webhook_urls: a URL, and the API key ACA-Py takes after a
+// '#' and sends as x-api-key.
+type WebhookURL struct {
+	URL, APIKey string
+}
+
+// Events is the configuration of `herald events`.
+type Events struct {
+	Redis  Redis
+	Status Status
+	Plugin Plugin
+	// PluginFile is the plugin configuration file read, empty for the defaults.
+	PluginFile string
+
+	Listen       string       // address of the ingest listener
+	WebhookURLs  []WebhookURL // where deliver_webhook sends the mapped topics
+	RecordEvents bool         // a webhook POST with a state also makes the acapy::record event
+	MaxBody      int          // bytes; larger requests get 413
+	LogFormat    string
+	LogLevel     string
+}
+
+// EventsVars lists every variable `herald events` reads, in the order --help shows them.
+var EventsVars = []Var{
+	{"REDIS_SERVER_URL", "(the plugin's connection_url)", "Redis URL, redis:// or rediss://; overrides redis_queue.connection.connection_url"},
+	{"HERALD_PLUGIN_CONFIG", "", "the plugin's YAML file (redis_queue: connection, inbound, outbound, event), as ACA-Py's --plugin-config; its defaults without one"},
+	{"HERALD_LISTEN", "127.0.0.1:8090", "address of the ingest listener (POST /topic/{topic}/, POST /v1/events)"},
+	{"HERALD_WEBHOOK_URLS", "", "comma-separated admin.webhook_urls (url or url#apikey) for deliver_webhook"},
+	{"HERALD_RECORD_EVENTS", "true", "a webhook POST whose body has a state also makes acapy::record::{topic}::{state}"},
+	{"HERALD_MAX_BODY", "10485760", "largest accepted request in bytes; larger ones get 413"},
+	{"STATUS_ENDPOINT_HOST", "", "status server host; served only when HOST, PORT and API_KEY are all set"},
+	{"STATUS_ENDPOINT_PORT", "", "status server port"},
+	{"STATUS_ENDPOINT_API_KEY", "", "value the access_token header must carry"},
+	{"HERALD_LOG_FORMAT", "text", "text or json"},
+	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
+}
+
+// LoadEvents reads and validates the configuration of `herald events`.
+func LoadEvents(env Env) (Events, error) {
+	r := &reader{env: env}
+	c := Events{
+		Status:       r.status(),
+		Listen:       r.str("HERALD_LISTEN", "127.0.0.1:8090"),
+		RecordEvents: r.oneOf("HERALD_RECORD_EVENTS", "true", "true", "false") == "true",
+		MaxBody:      r.positive("HERALD_MAX_BODY", 10<<20),
+		LogFormat:    r.oneOf("HERALD_LOG_FORMAT", "text", "text", "json"),
+		LogLevel:     r.oneOf("HERALD_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+		Plugin:       DefaultPlugin(),
+	}
+	if path := r.str("HERALD_PLUGIN_CONFIG", ""); path != "" {
+		p, err := LoadPluginFile(path)
+		if err != nil && r.err == nil {
+			r.err = err
+		}
+		c.Plugin, c.PluginFile = p, path
+	}
+	c.Redis.URL = r.str("REDIS_SERVER_URL", "")
+	if c.Redis.URL == "" && c.PluginFile != "" {
+		c.Redis.URL = c.Plugin.ConnectionURL
+	}
+	switch {
+	case c.Redis.URL == "":
+		r.fail("REDIS_SERVER_URL", "not set, and no plugin configuration names a connection_url")
+	default:
+		if err := CheckRedisURL(c.Redis.URL); err != nil {
+			r.fail("REDIS_SERVER_URL", "%v", err)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		r.fail("HERALD_LISTEN", "want host:port, got %q", c.Listen)
+	}
+	for _, u := range strings.Split(r.str("HERALD_WEBHOOK_URLS", ""), ",") {
+		if u = strings.TrimSpace(u); u == "" {
+			continue
+		}
+		w := WebhookURL{URL: u}
+		if i := strings.IndexByte(u, '#'); i >= 0 {
+			w.URL, w.APIKey = u[:i], u[i+1:]
+		}
+		if p, err := url.Parse(w.URL); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			r.fail("HERALD_WEBHOOK_URLS", "want http(s)://host[:port][/path][#apikey], got %q", w.URL)
+		}
+		c.WebhookURLs = append(c.WebhookURLs, w)
+	}
+	return c, r.err
+}

@@ -5,7 +5,6 @@ package deliver
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -29,28 +28,17 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	m := obs.M
 	var queue atomic.Pointer[redisq.Queue]
 
-	if cfg.Status.Enabled() {
-		addr, err := status.ListenAddr(cfg.Status.Host, cfg.Status.Port)
-		if err != nil {
-			return err
-		}
-		srv := status.New(addr, cfg.Status.APIKey, status.Checks{
-			Ready: obs.Ready,
-			Live: func(ctx context.Context) bool {
-				q := queue.Load()
-				return q != nil && q.Ping(ctx) == nil
-			},
-		}, m.Registry(), log)
-		if err := srv.Start(); err != nil {
-			return fmt.Errorf("status endpoint: %w", err)
-		}
-		log.Info("status endpoint listening", "addr", srv.Addr())
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-		}()
+	stopStatus, err := status.Serve(cfg.Status.Host, cfg.Status.Port, cfg.Status.APIKey, status.Checks{
+		Ready: obs.Ready,
+		Live: func(ctx context.Context) bool {
+			q := queue.Load()
+			return q != nil && q.Ping(ctx) == nil
+		},
+	}, m.Registry(), log)
+	if err != nil {
+		return err
 	}
+	defer stopStatus()
 
 	client, err := redisq.Connect(ctx, cfg.Redis.URL, log)
 	if err != nil {

@@ -226,28 +226,17 @@ func Run(ctx context.Context, cfg config.Relay, log *slog.Logger) error {
 	var relay atomic.Pointer[Relay]
 	var listening atomic.Bool
 
-	if cfg.Status.Enabled() {
-		addr, err := status.ListenAddr(cfg.Status.Host, cfg.Status.Port)
-		if err != nil {
-			return err
-		}
-		srv := status.New(addr, cfg.Status.APIKey, status.Checks{
-			Ready: func() bool { return listening.Load() },
-			Live: func(ctx context.Context) bool {
-				r := relay.Load()
-				return r != nil && redisq.PingAll(ctx, r.c) == nil
-			},
-		}, m.Registry(), log)
-		if err := srv.Start(); err != nil {
-			return fmt.Errorf("status endpoint: %w", err)
-		}
-		log.Info("status endpoint listening", "addr", srv.Addr())
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-		}()
+	stopStatus, err := status.Serve(cfg.Status.Host, cfg.Status.Port, cfg.Status.APIKey, status.Checks{
+		Ready: func() bool { return listening.Load() },
+		Live: func(ctx context.Context) bool {
+			r := relay.Load()
+			return r != nil && redisq.PingAll(ctx, r.c) == nil
+		},
+	}, m.Registry(), log)
+	if err != nil {
+		return err
 	}
+	defer stopStatus()
 
 	client, err := redisq.Connect(ctx, cfg.Redis.URL, log)
 	if err != nil {

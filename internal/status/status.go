@@ -150,3 +150,26 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.pprof(ctx)
 	}
 }
+
+// Serve starts the status listener when host, port and key are all set (the reference serves
+// nothing otherwise) and returns the function that stops it; with the listener off it returns a
+// no-op. A listener that cannot bind is an error.
+func Serve(host, port, apiKey string, checks Checks, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+	if host == "" || port == "" || apiKey == "" {
+		return func() {}, nil
+	}
+	addr, err := ListenAddr(host, port)
+	if err != nil {
+		return nil, err
+	}
+	srv := New(addr, apiKey, checks, reg, log)
+	if err := srv.Start(); err != nil {
+		return nil, fmt.Errorf("status endpoint: %w", err)
+	}
+	log.Info("status endpoint listening", "addr", srv.Addr())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
+}
