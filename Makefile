@@ -49,13 +49,17 @@ $(K6):
 	@echo "building k6 v1.8.1 into bin/ (about two minutes, once)"
 	GOBIN=$(CURDIR)/bin $(GO) install go.k6.io/k6@v1.8.1
 
-# The relay under k6: the ceiling (k6 against a do-nothing server), then RATE requests/s for
-# DURATION at herald relay on a fresh Redis, then every message counted.
-RATE     ?= 20000
-DURATION ?= 10s
+# The relay and the events service under k6, each beside its ceiling (k6 against a do-nothing
+# server) in the same run, then every message counted in Redis.
+RELAY_RATE  ?= 20000
+EVENTS_RATE ?= 15000
+DURATION    ?= 10s
 loadtest: services tools build $(K6)
 	$(GO) build -o bin/sink ./loadtest/sink
-	RATE=$(RATE) DURATION=$(DURATION) bash scripts/loadtest-relay.sh
+	@status=0; \
+	RATE=$(RELAY_RATE) DURATION=$(DURATION) bash scripts/loadtest-relay.sh || status=1; \
+	RATE=$(EVENTS_RATE) DURATION=$(DURATION) bash scripts/loadtest-events.sh || status=1; \
+	exit $$status
 
 # CPU and heap profiles of the at-least-once drain (the default mode), read with go tool pprof.
 profile: services

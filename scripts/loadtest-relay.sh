@@ -22,67 +22,11 @@ HERALD=${HERALD:-bin/herald}
 SINK=${SINK:-bin/sink}
 work=$(mktemp -d)
 
-free_port() {
-  local p
-  while :; do
-    # Below the ephemeral range (32768-60999 on Linux), where outgoing connections take ports.
-    p=$((10000 + RANDOM % 22000))
-    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$p" 2>/dev/null || { echo "$p"; return; }
-  done
-}
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_http() { # URL: up to 10 s
-  for _ in $(seq 100); do curl -fs --max-time 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  return 1
-}
-
-# CPU seconds (user + system) a process has used so far, from /proc.
-cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
-
-# run_k6 NAME TARGET: runs the script, leaves the summary in $work/NAME.json and k6's CPU seconds
-# in $work/NAME.cpu, and returns k6's exit status.
-run_k6() {
-  local status
-  TIMEFORMAT='%U %S'
-  exec 3>&1
-  { time "$K6" run --quiet --summary-export "$work/$1.json" \
-    -e TARGET="$2" -e RATE="$RATE" -e DURATION="$DURATION" -e KEYS="$KEYS" -e BATCH="$BATCH" \
-    loadtest/relay.js 1>&3 2>&3; } 2>"$work/$1.time"
-  status=$?
-  exec 3>&-
-  awk '{ print $1 + $2 }' "$work/$1.time" >"$work/$1.cpu"
-  return $status
-}
-
-# summary NAME: "<requests> <rate> <p99 ms> <failed>" from a k6 summary export.
-summary() {
-  tr -d ' \n' <"$work/$1.json" | awk '
-    function field(metric, name,   m) {
-      if (!match($0, "\"" metric "\":\\{[^}]*\"" name "\":[0-9.e+-]+")) return 0
-      m = substr($0, RSTART, RLENGTH); sub(/.*:/, "", m); return m
-    }
-    { printf "%d %.0f %.2f %d", field("http_reqs", "count"), field("http_reqs", "rate"),
-        field("http_req_duration", "p\\(99\\)"), field("http_req_failed", "passes") }'
-}
+# shellcheck source=scripts/loadtest-lib.sh
+. scripts/loadtest-lib.sh
 
 # 1. The ceiling.
-sink_port=$(free_port)
-"$SINK" -addr "127.0.0.1:$sink_port" >"$work/sink.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$sink_port/" || { echo "loadtest/sink did not start:"; cat "$work/sink.log"; exit 1; }
-echo "== ceiling: k6 against a do-nothing fasthttp server, $RATE requests/s for $DURATION"
-run_k6 ceiling "http://127.0.0.1:$sink_port/" >/dev/null
-kill "${pids[0]}" 2>/dev/null
-read -r c_requests c_rate c_p99 _ <<<"$(summary ceiling)"
-echo "ceiling: $c_requests requests, $c_rate/s, p99 $c_p99 ms, k6 CPU $(echo "scale=1; $(cat "$work/ceiling.cpu") * 1000000 / ($c_requests + 1)" | bc) µs per request"
+ceiling loadtest/relay.js -e KEYS="$KEYS"
 
 # 2. The relay.
 redis_port=$(free_port)
@@ -100,11 +44,11 @@ rcli hset uid_recip_keys_map loadtest-uid W10= >/dev/null
 pids+=($!)
 
 http_port=$(free_port)
-status_port=${STATUS_PORT:-$(free_port)}
+status_port=$(free_port)
 REDIS_SERVER_URL="redis://127.0.0.1:$redis_port" TOPIC_PREFIX=acapy \
   INBOUND_TRANSPORT_CONFIG="[[\"http\",\"127.0.0.1\",$http_port]]" \
   STATUS_ENDPOINT_HOST=127.0.0.1 STATUS_ENDPOINT_PORT="$status_port" STATUS_ENDPOINT_API_KEY=loadtest \
-  ${RELAY_ENV:-} "$HERALD" relay >"$work/relay.log" 2>&1 &
+  "$HERALD" relay >"$work/relay.log" 2>&1 &
 relay_pid=$!
 pids+=($relay_pid)
 wait_http "http://127.0.0.1:$http_port/" || { echo "herald relay did not start:"; tail -5 "$work/relay.log"; exit 1; }
@@ -112,7 +56,7 @@ wait_http "http://127.0.0.1:$http_port/" || { echo "herald relay did not start:"
 relay_cpu0=$(cpu_of "$relay_pid")
 redis_cpu0=$(cpu_of "$redis_pid")
 echo "== relay: $RATE requests/s for $DURATION over $KEYS recipient keys (Redis :$redis_port, relay :$http_port)"
-run_k6 relay "http://127.0.0.1:$http_port/"
+run_k6 relay "http://127.0.0.1:$http_port/" loadtest/relay.js -e KEYS="$KEYS"
 k6_status=$?
 relay_cpu=$(echo "$(cpu_of "$relay_pid") - $relay_cpu0" | bc)
 redis_cpu=$(echo "$(cpu_of "$redis_pid") - $redis_cpu0" | bc)
@@ -126,7 +70,6 @@ pending=$(rcli hvals uid_recip_key_pending_msg_count | awk '{ s += $1 } END { pr
 curl -fs --max-time 10 -H 'access_token: loadtest' "http://127.0.0.1:$status_port/metrics" >"$work/metrics"
 queued=$(awk '/^herald_relay_messages_total\{outcome="queued"/ { s += $2 } END { printf "%d", s }' "$work/metrics")
 # The relay's own view: the histogram bucket holding the 99th percentile of book-and-queue time.
-cp "$work/metrics" /tmp/relay-metrics.txt 2>/dev/null
 relay_p99=$(awk -F'[" ]' '/^herald_relay_queue_seconds_bucket/ { le[n] = $2; c[n++] = $NF }
   /^herald_relay_queue_seconds_count/ { total = $NF }
   END { for (i = 0; i < n; i++) if (c[i] >= 0.99 * total) { printf "%g ms", le[i] * 1000; exit } }' "$work/metrics")
