@@ -13,7 +13,6 @@ import (
 
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/deliver"
-	"github.com/heraldhq/herald/internal/gctune"
 )
 
 // envFlags registers one flag per variable (HERALD_CONCURRENCY -> --concurrency,
@@ -73,44 +72,19 @@ func signalContext(log *slog.Logger) (context.Context, context.CancelFunc) {
 }
 
 func runDeliver(args []string) int {
-	fs := flag.NewFlagSet("deliver", flag.ContinueOnError)
-	fs.SetOutput(os.Stderr)
-	env := envFlags(fs, config.DeliverVars)
-	fs.Usage = func() {
-		fmt.Fprint(os.Stderr, `Usage: herald deliver [flags]
+	return runService(service[config.Deliver]{
+		name: "deliver",
+		about: `Usage: herald deliver [flags]
 
 Takes ACA-Py outbound messages off the Redis list <prefix>_outbound and delivers them: http(s) as a
 POST of the decoded payload with the entry's headers, ws(s) as one binary frame. Failures are retried
 on the reference schedule through <prefix>_outbound_retry; after 5 retries, or when an entry cannot
 be decoded, the entry goes to the dead-letter list with the reason. Started with the same
 environment as the Python deliverer, it replaces it.
-`)
-		printVars(os.Stderr, config.DeliverVars)
-		fmt.Fprintln(os.Stderr, "\nFlags:")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "herald deliver: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	cfg, err := config.LoadDeliver(env)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "herald deliver: invalid configuration: %v\n", err)
-		return 2
-	}
-	log := newLogger(cfg.LogFormat, cfg.LogLevel)
-	gctune.Apply()
-	ctx, cancel := signalContext(log)
-	defer cancel()
-	if err := deliver.Run(ctx, cfg, log); err != nil {
-		log.Error("herald deliver failed", "err", err)
-		return 1
-	}
-	return 0
+`,
+		vars: config.DeliverVars,
+		load: config.LoadDeliver,
+		log:  func(c config.Deliver) (string, string) { return c.LogFormat, c.LogLevel },
+		run:  deliver.Run,
+	}, args)
 }

@@ -8,19 +8,15 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/internal/config"
-	"github.com/heraldhq/herald/internal/gctune"
 	"github.com/heraldhq/herald/internal/recipkey"
 	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/relay"
 )
 
 func runRelay(args []string) int {
-	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
-	fs.SetOutput(os.Stderr)
-	env := envFlags(fs, config.RelayVars)
-	placeKeys := fs.Bool("place-keys", false, "on a Redis Cluster, move the slots of the five recipient-key bookkeeping keys to one primary, then exit")
-	fs.Usage = func() {
-		fmt.Fprint(os.Stderr, `Usage: herald relay [flags]
+	return runService(service[config.Relay]{
+		name: "relay",
+		about: `Usage: herald relay [flags]
 
 Takes DIDComm messages over HTTP (POST /) and WebSocket (each frame) and RPUSHes each, as the
 reference relay does, onto <prefix>_inbound_<recipient key>, keeping the plugin's recipient-key
@@ -31,38 +27,21 @@ invitations). Started with the same environment as the Python relay, it replaces
 
 Answers: 200 queued; 400 not a packed message (the reason in the body); 413 larger than
 HERALD_MAX_BODY; 503 Redis unreachable or no ACA-Py instance registered yet (Retry-After: 1).
-`)
-		printVars(os.Stderr, config.RelayVars)
-		fmt.Fprintln(os.Stderr, "\nFlags:")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "herald relay: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	if *placeKeys {
-		return runPlaceKeys(env)
-	}
-	cfg, err := config.LoadRelay(env)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "herald relay: invalid configuration: %v\n", err)
-		return 2
-	}
-	log := newLogger(cfg.LogFormat, cfg.LogLevel)
-	gctune.Apply()
-	ctx, cancel := signalContext(log)
-	defer cancel()
-	if err := relay.Run(ctx, cfg, log); err != nil {
-		log.Error("herald relay failed", "err", err)
-		return 1
-	}
-	return 0
+`,
+		vars: config.RelayVars,
+		load: config.LoadRelay,
+		log:  func(c config.Relay) (string, string) { return c.LogFormat, c.LogLevel },
+		run:  relay.Run,
+		extra: func(fs *flag.FlagSet) func(config.Env) (int, bool) {
+			placeKeys := fs.Bool("place-keys", false, "on a Redis Cluster, move the slots of the five recipient-key bookkeeping keys to one primary, then exit")
+			return func(env config.Env) (int, bool) {
+				if !*placeKeys {
+					return 0, false
+				}
+				return runPlaceKeys(env), true
+			}
+		},
+	}, args)
 }
 
 func runPlaceKeys(env config.Env) int {
