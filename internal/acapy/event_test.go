@@ -25,7 +25,7 @@ func TestAppendPyJSON(t *testing.T) {
 			t.Errorf("%s\n got %s (%v)\nwant %s", c.src, got, err, c.want)
 		}
 	}
-	for _, bad := range []string{``, `{`, `{"a" 1}`, `[1,]`, `{"a":1} x`, `"\x01"`, `01x`, `{"a":tru}`} {
+	for _, bad := range []string{``, `{`, `{"a" 1}`, `[1,]`, `{"a":1} x`, `"\x01"`, `01x`, `{"a":tru}`, `00`, `[-01]`} {
 		if _, err := AppendPyJSON(nil, []byte(bad)); err == nil {
 			t.Errorf("%q: no error", bad)
 		}

@@ -254,6 +254,10 @@ func (d *decoder) number() (n int, integer bool) {
 	}
 	digits := 0
 	integer = true
+	if d.i+1 < len(d.b) && d.b[d.i] == '0' && d.b[d.i+1] >= '0' && d.b[d.i+1] <= '9' {
+		d.fail("invalid number: leading zero")
+		return 0, false
+	}
 	for d.i < len(d.b) && d.b[d.i] >= '0' && d.b[d.i] <= '9' {
 		if n > (1<<53)/10 {
 			integer = false
