@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/acapy"
@@ -215,6 +216,9 @@ func (s *Service) write(ctx context.Context, b *batch) error {
 	return nil
 }
 
+// writeTimeout bounds the Redis writes of one request.
+const writeTimeout = 10 * time.Second
+
 // Result is what one request did.
 type Result struct {
 	Events, Pushed, Webhooks int
@@ -229,7 +233,11 @@ func (s *Service) ingest(ctx context.Context, b *batch, source string) (Result, 
 	if err := s.route(b); err != nil {
 		return Result{}, &badInput{err}
 	}
-	if err := s.write(ctx, b); err != nil {
+	// A Redis that stops answering (rather than refusing) must not hold the request forever.
+	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	err := s.write(wctx, b)
+	cancel()
+	if err != nil {
 		return Result{}, err
 	}
 	s.received.WithLabelValues(source).Add(float64(len(b.events)))
