@@ -6,7 +6,7 @@ BENCH_N ?= 200000
 # Offered rates of the open-loop latency runs (10 s each, plus the floor's 10 s).
 BENCH_RATES ?= 2000,5000,10000,20000
 
-.PHONY: all build demo test vet fmt-check bench bench-check profile services tools loadtest clean
+.PHONY: all build demo test vet fmt-check bench bench-check fuzz-check profile services tools loadtest clean
 
 all: build
 
@@ -38,6 +38,10 @@ bench: services tools
 # CI's performance guard: zero allocations on the hot path, a drain floor, a p99 limit.
 bench-check: services
 	bash scripts/bench-check.sh
+
+# Every fuzz target for a few seconds (FUZZTIME=60s for the long run).
+fuzz-check:
+	bash scripts/fuzz-check.sh
 
 # Load generators the benchmarks use, from Debian's packages.
 tools:

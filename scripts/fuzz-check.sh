@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for FUZZTIME (default 3s): CI's check that the decoders of outside bytes
+# still survive a few hundred thousand random inputs. `FUZZTIME=60s scripts/fuzz-check.sh` is the
+# longer run. A crash leaves its input under the package's testdata/fuzz/, where it then stays as a
+# regression seed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZTIME=${FUZZTIME:-3s}
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+    printf '%-28s %s ... ' "$target" "${pkg#github.com/heraldhq/herald/}"
+    if out=$(go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1); then
+      echo "ok ($(echo "$out" | grep -o 'execs: [0-9]*' | tail -1))"
+    else
+      echo "FAIL"
+      echo "$out" | tail -20
+      exit 1
+    fi
+  done
+done
+echo "fuzz-check: OK"
