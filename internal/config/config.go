@@ -70,6 +70,8 @@ type Deliver struct {
 	// POSTing them (the plugin's outbound.mediator_mode).
 	MediatorMode bool
 	Stale        time.Duration // mediator mode: silence after which an instance's keys may move
+	// DenyPrivate refuses receivers at loopback, private and link-local addresses (SSRF guard).
+	DenyPrivate bool
 	LogFormat    string
 	LogLevel     string
 }
@@ -239,6 +241,7 @@ func LoadDeliver(env Env) (Deliver, error) {
 	c.DropExhausted = r.oneOf("HERALD_ON_EXHAUSTED", "dead-letter", "dead-letter", "drop") == "drop"
 	c.MediatorMode = r.oneOf("HERALD_MEDIATOR_MODE", "false", "false", "true") == "true"
 	c.Stale = r.duration("HERALD_STALE_AFTER", 15*time.Second)
+	c.DenyPrivate = r.oneOf("HERALD_DENY_PRIVATE", "false", "false", "true") == "true"
 	if c.Batch > 1000 {
 		r.fail("HERALD_BATCH", "at most 1000, got %d", c.Batch)
 	}

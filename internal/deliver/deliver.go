@@ -61,9 +61,9 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	log.Info("herald deliver starting",
 		"redis", config.RedactURL(cfg.Redis.URL), "queue", keys.Queue, "retry_set", keys.RetrySet,
 		"dead_letter", keys.Dead, "mode", mode.String(), "instance", q.Instance(),
-		"concurrency", cfg.Concurrency, "batch", cfg.Batch)
+		"concurrency", cfg.Concurrency, "batch", cfg.Batch, "deny_private", cfg.DenyPrivate)
 
-	var out engine.Sink = sink.New(sink.Options{Timeout: cfg.Timeout, MaxConnsPerHost: cfg.Concurrency})
+	var out engine.Sink = sink.New(sink.Options{Timeout: cfg.Timeout, MaxConnsPerHost: cfg.Concurrency, DenyPrivate: cfg.DenyPrivate})
 	if cfg.MediatorMode {
 		if err := recipkey.CheckPlacement(ctx, client); err != nil {
 			return err

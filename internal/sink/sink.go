@@ -3,9 +3,11 @@
 package sink
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -24,6 +26,9 @@ type Options struct {
 	TLS *tls.Config
 	// UserAgent is sent when the entry names none.
 	UserAgent string
+	// DenyPrivate refuses receivers at loopback, private and link-local addresses (see Denied).
+	// Off by default: ACA-Py deployments deliver to controllers on private networks.
+	DenyPrivate bool
 }
 
 // DefaultTimeout is the reference deliverer's per-request timeout.
@@ -48,7 +53,7 @@ func New(o Options) *Sink {
 	if o.UserAgent == "" {
 		o.UserAgent = "herald"
 	}
-	return &Sink{
+	s := &Sink{
 		http: &fasthttp.Client{
 			Name:                          o.UserAgent,
 			MaxConnsPerHost:               o.MaxConnsPerHost,
@@ -67,6 +72,12 @@ func New(o Options) *Sink {
 		},
 		timeout: o.Timeout,
 	}
+	if o.DenyPrivate {
+		timeout := o.Timeout
+		s.http.Dial = func(addr string) (net.Conn, error) { return guardedDial(context.Background(), addr, timeout) }
+		s.ws.NetDialContext = func(ctx context.Context, _, addr string) (net.Conn, error) { return guardedDial(ctx, addr, timeout) }
+	}
+	return s
 }
 
 // Scheme is the kind of receiver a URL names.
@@ -157,7 +168,7 @@ func (s *Sink) post(m *engine.Message) engine.Result {
 
 	buildRequest(req, m)
 	if err := s.http.DoTimeout(req, resp, s.timeout); err != nil {
-		return engine.Result{Err: err}
+		return engine.Result{Err: err, Permanent: errors.Is(err, ErrDenied)}
 	}
 	code := resp.StatusCode()
 	if code < 200 || code >= 300 {
@@ -197,7 +208,7 @@ func (s *Sink) frame(m *engine.Message) engine.Result {
 			status = resp.StatusCode
 			_ = resp.Body.Close()
 		}
-		return engine.Result{Err: fmt.Errorf("websocket handshake: %w", err), Status: status}
+		return engine.Result{Err: fmt.Errorf("websocket handshake: %w", err), Status: status, Permanent: errors.Is(err, ErrDenied)}
 	}
 	defer conn.Close()
 	deadline := time.Now().Add(s.timeout)

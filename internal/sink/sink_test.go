@@ -3,10 +3,12 @@ package sink
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -170,5 +172,41 @@ func BenchmarkBuildRequest(b *testing.B) {
 		req := fasthttp.AcquireRequest()
 		buildRequest(req, m)
 		fasthttp.ReleaseRequest(req)
+	}
+}
+
+func TestDenied(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1": true, "10.1.2.3": true, "172.16.0.9": true, "192.168.1.1": true, "169.254.169.254": true,
+		"0.0.0.0": true, "::1": true, "fe80::1": true, "fc00::5": true, "::ffff:127.0.0.1": true, "224.0.0.1": true,
+		"93.184.216.34": false, "2606:4700::1111": false, "172.32.0.1": false,
+	} {
+		if got := Denied(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s: denied %v, want %v", addr, got, want)
+		}
+	}
+}
+
+// TestDenyPrivate: with the guard on, a receiver on loopback (by name or address, over HTTP or
+// WebSocket) is a permanent failure naming the guard; with it off (the default) it is delivered.
+func TestDenyPrivate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {}}
+	go func() { _ = srv.Serve(ln) }()
+	defer func() { _ = srv.Shutdown() }()
+	port := ln.Addr().(*net.TCPAddr).Port
+	guarded := New(Options{Timeout: 2 * time.Second, DenyPrivate: true})
+	for _, url := range []string{fmt.Sprintf("http://127.0.0.1:%d/x", port), fmt.Sprintf("http://localhost:%d/x", port), fmt.Sprintf("ws://127.0.0.1:%d/x", port)} {
+		r := guarded.Deliver(&engine.Message{URL: []byte(url), Payload: []byte("{}")})
+		if r.Err == nil || !r.Permanent || !strings.Contains(r.Err.Error(), "HERALD_DENY_PRIVATE") {
+			t.Errorf("%s: %+v", url, r)
+		}
+	}
+	open := New(Options{Timeout: 2 * time.Second})
+	if r := open.Deliver(&engine.Message{URL: []byte(fmt.Sprintf("http://127.0.0.1:%d/x", port)), Payload: []byte("{}")}); r.Err != nil {
+		t.Errorf("guard off: %v", r.Err)
 	}
 }
