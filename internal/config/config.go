@@ -72,8 +72,8 @@ type Deliver struct {
 	Stale        time.Duration // mediator mode: silence after which an instance's keys may move
 	// DenyPrivate refuses receivers at loopback, private and link-local addresses (SSRF guard).
 	DenyPrivate bool
-	LogFormat    string
-	LogLevel     string
+	LogFormat   string
+	LogLevel    string
 }
 
 // DeliverVars lists every variable `herald deliver` reads, in the order --help shows them.
