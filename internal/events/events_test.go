@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/acapy"
@@ -224,5 +226,38 @@ func BenchmarkRoute(b *testing.B) {
 		if err := s.route(bt); err != nil || len(bt.spans) != 2 {
 			b.Fatal(err, len(bt.spans))
 		}
+	}
+}
+
+// TestRedisDownIsNotBadInput: with Redis gone the request fails as unavailable (503), not as the
+// client's fault (400), and recovers once Redis is back.
+func TestRedisDownIsNotBadInput(t *testing.T) {
+	srv := redistest.Standalone(t)
+	c := redistest.Client(t, srv.URL())
+	s, err := New(config.Events{Plugin: config.DefaultPlugin()}, c, metrics.New("events"), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func() error {
+		b := s.getBatch()
+		if err := s.parseEvents(b, []byte(`{"topic": "acapy::ping::received", "payload": {}}`)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.ingest(context.Background(), b, "events")
+		return err
+	}
+	srv.Stop()
+	err = send()
+	var bad *badInput
+	if err == nil || errors.As(err, &bad) {
+		t.Fatalf("Redis down: %v", err)
+	}
+	srv.Start()
+	deadline := time.Now().Add(10 * time.Second)
+	for send() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("no recovery after Redis came back")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -97,3 +97,27 @@ func BenchmarkHandle(b *testing.B) {
 		}
 	})
 }
+
+// TestRedisDown: with Redis gone a message is answered 503 and recovers once Redis is back.
+func TestRedisDown(t *testing.T) {
+	srv := redistest.Standalone(t)
+	c := redistest.Client(t, srv.URL())
+	cfg := config.Relay{InboundTopic: "acapy_inbound", ResponseWait: time.Second, MaxBody: 1 << 20, Stale: recipkey.DefaultStale}
+	r := New(cfg, c, metrics.New("relay"), quiet)
+	ctx := context.Background()
+	_ = c.Do(ctx, c.B().Hset().Key(recipkey.UIDKeysMap).FieldValue().FieldValue("uid", "W10=").Build()).Error()
+	srv.Stop()
+	if res := r.Handle(ctx, packedBody("KeyA"), acapy.TransportHTTP); res.Status != 503 || res.Reason != "redis unavailable" {
+		t.Fatalf("Redis down: %+v", res)
+	}
+	srv.Start()
+	// The restarted server kept nothing (no persistence here): the instance registers again.
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Do(ctx, c.B().Hset().Key(recipkey.UIDKeysMap).FieldValue().FieldValue("uid", "W10=").Build()).Error() != nil ||
+		r.Handle(ctx, packedBody("KeyA"), acapy.TransportHTTP).Status != 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("no recovery after Redis came back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
