@@ -79,7 +79,21 @@ type Queue struct {
 	// empty and the next take goes straight to the wait.
 	short atomic.Bool
 
+	// Takes that failed after being sent may still have run: their entries would then sit in
+	// this instance's in-flight hash with nobody delivering them, and, since the instance is
+	// alive and renews its lease, no reaper returning them. Their sequence numbers are kept here
+	// and given back to the queue (if they are in flight) before the next take.
+	orphanMu sync.Mutex
+	orphans  []seqRange
+	orphaned atomic.Bool
+
 	bufs sync.Pool
+}
+
+// seqRange is the sequence numbers a take would have used: first .. first+n-1.
+type seqRange struct {
+	first uint64
+	n     int
 }
 
 // NewInstanceID returns a short random instance name.
@@ -128,6 +142,11 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 	if q.o.Mode == AtMostOnce {
 		return q.takeAtMostOnce(ctx, dst, n)
 	}
+	if q.orphaned.Load() {
+		if err := q.returnOrphans(ctx); err != nil {
+			return dst, err
+		}
+	}
 	if !q.short.Load() {
 		dst, took, err := q.take(ctx, dst, n)
 		q.short.Store(took < n)
@@ -145,6 +164,7 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		q.c.B().Evalsha().Sha1(takeSHA).Numkeys(3).Key(q.o.Keys.Queue, q.inflight, q.o.Keys.leases).
 			Arg(strconv.Itoa(n), q.o.Instance, strconv.FormatInt(q.leaseExpiry(), 10), strconv.FormatUint(first, 10)).Build())
 	if err := resps[0].Error(); err != nil && !rueidis.IsRedisNil(err) {
+		q.noteFailedTake(first, n)
 		return dst, err
 	}
 	items, err := resps[1].ToArray()
@@ -152,7 +172,9 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		if re, ok := rueidis.IsRedisErr(err); ok && re.IsNoScript() {
 			// A restarted server forgot the script: the plain path loads it again.
 			dst, _, err = q.take(ctx, dst, n)
+			return dst, err
 		}
+		q.noteFailedTake(first, n)
 		return dst, err
 	}
 	q.short.Store(len(items) < n)
@@ -167,11 +189,47 @@ func (q *Queue) take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		[]string{strconv.Itoa(n), q.o.Instance, strconv.FormatInt(q.leaseExpiry(), 10),
 			strconv.FormatUint(first, 10)}).ToArray()
 	if err != nil {
+		q.noteFailedTake(first, n)
 		return dst, 0, err
 	}
 	start := len(dst)
 	dst, err = q.taken(dst, items, first)
 	return dst, len(dst) - start, err
+}
+
+// noteFailedTake remembers the sequence numbers of a take whose answer did not come back.
+func (q *Queue) noteFailedTake(first uint64, n int) {
+	q.orphanMu.Lock()
+	q.orphans = append(q.orphans, seqRange{first, n})
+	q.orphanMu.Unlock()
+	q.orphaned.Store(true)
+}
+
+// returnOrphans puts back at the queue's head whatever failed takes left in this instance's
+// in-flight hash. The release script skips numbers that are not there, so a take that never ran
+// costs nothing.
+func (q *Queue) returnOrphans(ctx context.Context) error {
+	q.orphanMu.Lock()
+	ranges := append([]seqRange(nil), q.orphans...)
+	q.orphanMu.Unlock()
+	var args []string
+	for _, r := range ranges {
+		for i := range r.n {
+			args = append(args, strconv.FormatUint(r.first+uint64(i), 10))
+		}
+	}
+	n, err := releaseScript.Exec(ctx, q.c, []string{q.o.Keys.Queue, q.inflight}, args).AsInt64()
+	if err != nil {
+		return err
+	}
+	q.orphanMu.Lock()
+	q.orphans = q.orphans[len(ranges):]
+	q.orphaned.Store(len(q.orphans) > 0)
+	q.orphanMu.Unlock()
+	if n > 0 {
+		q.o.Log.Warn("a take's answer was lost; its entries went back to the queue", "count", n)
+	}
+	return nil
 }
 
 // taken appends the entries a take script returned, numbered from first.

@@ -320,3 +320,35 @@ func TestPingEveryClusterNode(t *testing.T) {
 		t.Fatal("a cluster with a stopped primary still answers every PING")
 	}
 }
+
+// TestLostTakeReplyReturnsEntries: a take that ran on the server but whose answer never came
+// back (the node went away mid-reply) leaves entries in this live instance's in-flight hash. The
+// next take gives them back to the queue and takes them again, instead of leaving them there for
+// as long as the instance lives.
+func TestLostTakeReplyReturnsEntries(t *testing.T) {
+	c := redistest.Client(t, redistest.Standalone(t).URL())
+	ctx := context.Background()
+	q := newQueue(c, "lost", Options{})
+	for _, e := range []string{"a", "b", "c"} {
+		_ = c.Do(ctx, c.B().Rpush().Key(q.o.Keys.Queue).Element(e).Build()).Error()
+	}
+	// The take as the server ran it, with the numbers the client had chosen.
+	first := q.seq.Add(3) - 3
+	if err := takeScript.Exec(ctx, c, []string{q.o.Keys.Queue, q.inflight, q.o.Keys.leases},
+		[]string{"3", q.o.Instance, "9999999999999", strconv.FormatUint(first, 10)}).Error(); err != nil {
+		t.Fatal(err)
+	}
+	q.noteFailedTake(first, 3) // ... and the client saw only an error
+	got, err := q.Take(ctx, nil, 10)
+	if err != nil || len(got) != 3 || string(got[0].Raw) != "a" || string(got[2].Raw) != "c" {
+		t.Fatalf("take after a lost answer: %d entries, %v", len(got), err)
+	}
+	if n, _ := c.Do(ctx, c.B().Hlen().Key(q.inflight).Build()).AsInt64(); n != 3 {
+		t.Fatalf("%d entries in flight, want the 3 just taken", n)
+	}
+	for _, m := range got {
+		if m.Token < first+3 {
+			t.Fatalf("entry %s kept the lost take's number %d", m.Raw, m.Token)
+		}
+	}
+}

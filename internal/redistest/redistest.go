@@ -196,8 +196,9 @@ type ClusterServers struct {
 	nodes []*Server
 }
 
-// Cluster starts an n-node cluster (n >= 3), stopped when t ends.
-func Cluster(t testing.TB, n int) *ClusterServers {
+// Cluster starts an n-node cluster (n >= 3), stopped when t ends. opts apply to every node
+// (AppendOnly, for a node that must keep its data across a restart).
+func Cluster(t testing.TB, n int, opts ...Option) *ClusterServers {
 	t.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		t.Fatalf("redis-cli is not installed: run scripts/services.sh redis (%v)", err)
@@ -205,8 +206,8 @@ func Cluster(t testing.TB, n int) *ClusterServers {
 	c := &ClusterServers{}
 	addrs := make([]string, n)
 	for i := range n {
-		s := newServer(t, t.TempDir(), Args("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000"), clusterNode())
+		s := newServer(t, t.TempDir(), append([]Option{Args("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "2000"), clusterNode()}, opts...)...)
 		s.startOrFail()
 		c.nodes = append(c.nodes, s)
 		addrs[i] = s.Addr()
