@@ -271,6 +271,7 @@ type Relay struct {
 	DirectResponses []string      // lists read for direct responses
 	ResponseWait    time.Duration // how long a request waits for its direct response
 	MaxBody         int           // bytes; larger bodies get 413
+	ReadTimeout     time.Duration // the longest a client may take to send a request
 	Stale           time.Duration // silence after which an instance's keys may move
 	LogFormat       string
 	LogLevel        string
@@ -287,6 +288,7 @@ var RelayVars = []Var{
 	{"HERALD_DIRECT_RESPONSE_LISTS", "<prefix>_inbound_direct_response,<prefix>_inbound_direct_resp", "comma-separated lists read for direct responses (the reference relay's name and the plugin's default)"},
 	{"HERALD_RESPONSE_WAIT", "15s", "how long a request asking for a direct response waits for it; then HTTP 200 with no body"},
 	{"HERALD_MAX_BODY", "10485760", "largest accepted message in bytes; larger ones get 413"},
+	{"HERALD_READ_TIMEOUT", "30s", "the longest a client may take to send one request (a slow client is cut off, not waited for)"},
 	{"HERALD_STALE_AFTER", "15s", "an ACA-Py instance silent this long with messages pending loses its recipient keys"},
 	{"HERALD_LOG_FORMAT", "text", "text or json"},
 	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
@@ -301,6 +303,7 @@ func LoadRelay(env Env) (Relay, error) {
 		Listeners:    r.listeners(),
 		ResponseWait: r.duration("HERALD_RESPONSE_WAIT", 15*time.Second),
 		MaxBody:      r.positive("HERALD_MAX_BODY", 10<<20),
+		ReadTimeout:  r.duration("HERALD_READ_TIMEOUT", 30*time.Second),
 		Stale:        r.duration("HERALD_STALE_AFTER", 15*time.Second),
 		LogFormat:    r.oneOf("HERALD_LOG_FORMAT", "text", "text", "json"),
 		LogLevel:     r.oneOf("HERALD_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
@@ -398,6 +401,7 @@ type Events struct {
 	WebhookURLs  []WebhookURL // where deliver_webhook sends the mapped topics
 	RecordEvents bool         // a webhook POST with a state also makes the acapy::record event
 	MaxBody      int          // bytes; larger requests get 413
+	ReadTimeout  time.Duration
 	LogFormat    string
 	LogLevel     string
 }
@@ -410,6 +414,7 @@ var EventsVars = []Var{
 	{"HERALD_WEBHOOK_URLS", "", "comma-separated admin.webhook_urls (url or url#apikey) for deliver_webhook"},
 	{"HERALD_RECORD_EVENTS", "true", "a webhook POST whose body has a state also makes acapy::record::{topic}::{state}"},
 	{"HERALD_MAX_BODY", "10485760", "largest accepted request in bytes; larger ones get 413"},
+	{"HERALD_READ_TIMEOUT", "30s", "the longest a client may take to send one request (a slow client is cut off, not waited for)"},
 	{"STATUS_ENDPOINT_HOST", "", "status server host; served only when HOST, PORT and API_KEY are all set"},
 	{"STATUS_ENDPOINT_PORT", "", "status server port"},
 	{"STATUS_ENDPOINT_API_KEY", "", "value the access_token header must carry"},
@@ -425,6 +430,7 @@ func LoadEvents(env Env) (Events, error) {
 		Listen:       r.str("HERALD_LISTEN", "127.0.0.1:8090"),
 		RecordEvents: r.oneOf("HERALD_RECORD_EVENTS", "true", "true", "false") == "true",
 		MaxBody:      r.positive("HERALD_MAX_BODY", 10<<20),
+		ReadTimeout:  r.duration("HERALD_READ_TIMEOUT", 30*time.Second),
 		LogFormat:    r.oneOf("HERALD_LOG_FORMAT", "text", "text", "json"),
 		LogLevel:     r.oneOf("HERALD_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		Plugin:       DefaultPlugin(),

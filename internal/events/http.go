@@ -145,7 +145,7 @@ func Run(ctx context.Context, cfg config.Events, log *slog.Logger) error {
 		Handler:              s.Handler,
 		Name:                 "herald",
 		MaxRequestBodySize:   cfg.MaxBody,
-		ReadTimeout:          30 * time.Second,
+		ReadTimeout:          cfg.ReadTimeout,
 		WriteTimeout:         30 * time.Second,
 		IdleTimeout:          2 * time.Minute,
 		NoDefaultContentType: true,

@@ -25,7 +25,7 @@ func (r *Relay) server(transport string) *fasthttp.Server {
 		Handler:            h,
 		Name:               "herald",
 		MaxRequestBodySize: r.cfg.MaxBody,
-		ReadTimeout:        30 * time.Second,
+		ReadTimeout:        r.cfg.ReadTimeout,
 		// A request may wait for its direct response.
 		WriteTimeout:         r.cfg.ResponseWait + 30*time.Second,
 		IdleTimeout:          2 * time.Minute,
