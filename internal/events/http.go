@@ -8,13 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/internal/config"
-	"github.com/heraldhq/herald/internal/metrics"
-	"github.com/heraldhq/herald/internal/redisq"
-	"github.com/heraldhq/herald/internal/status"
+	"github.com/heraldhq/herald/internal/service"
 	"github.com/valyala/fasthttp"
 )
 
@@ -107,32 +104,16 @@ func Run(ctx context.Context, cfg config.Events, log *slog.Logger) error {
 	if _, err := NewRouter(cfg.Plugin.EventTopicMaps); err != nil {
 		return err
 	}
-	m := metrics.New("events")
-	var svc atomic.Pointer[Service]
-	var listening atomic.Bool
-	stopStatus, err := status.Serve(cfg.Status.Host, cfg.Status.Port, cfg.Status.APIKey, status.Checks{
-		Ready: func() bool { return listening.Load() },
-		Live: func(ctx context.Context) bool {
-			s := svc.Load()
-			return s != nil && redisq.PingAll(ctx, s.c) == nil
-		},
-	}, m.Registry(), log)
-	if err != nil {
+	base, ok, err := service.Start(ctx, "events", cfg.Status, cfg.Redis.URL, log)
+	if !ok {
 		return err
 	}
-	defer stopStatus()
-
-	client, err := redisq.Connect(ctx, cfg.Redis.URL, log)
-	if err != nil {
-		return nil // cancelled while waiting for Redis
-	}
-	defer client.Close()
+	defer base.Close()
+	client, m := base.Client, base.Metrics
 	s, err := New(cfg, client, m, log)
 	if err != nil {
 		return err
 	}
-	svc.Store(s)
-	m.BrokerUp.Set(1)
 	for _, k := range cfg.Plugin.Ignored {
 		log.Warn("plugin configuration: ignored, as the plugin ignores it", "key", k, "file", cfg.PluginFile)
 	}
@@ -155,7 +136,7 @@ func Run(ctx context.Context, cfg config.Events, log *slog.Logger) error {
 	}
 	errs := make(chan error, 1)
 	go func() { errs <- srv.Serve(ln) }()
-	listening.Store(true)
+	base.Listening.Store(true)
 	webhookURLs := make([]string, len(cfg.WebhookURLs))
 	for i, w := range cfg.WebhookURLs {
 		webhookURLs[i] = w.URL // the API keys stay out of the log
@@ -169,7 +150,7 @@ func Run(ctx context.Context, cfg config.Events, log *slog.Logger) error {
 	case err := <-errs:
 		log.Error("the listener stopped", "err", err)
 	}
-	listening.Store(false)
+	base.Listening.Store(false)
 	log.Info("herald events stopping: no new requests; waiting for open ones (at most 5 s)")
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

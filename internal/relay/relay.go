@@ -12,15 +12,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/recipkey"
-	"github.com/heraldhq/herald/internal/redisq"
-	"github.com/heraldhq/herald/internal/status"
+	"github.com/heraldhq/herald/internal/service"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
 	"github.com/valyala/fasthttp"
@@ -222,27 +220,12 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // Run serves until ctx is cancelled, then stops accepting and lets requests finish (at most 5 s).
 func Run(ctx context.Context, cfg config.Relay, log *slog.Logger) error {
-	m := metrics.New("relay")
-	var relay atomic.Pointer[Relay]
-	var listening atomic.Bool
-
-	stopStatus, err := status.Serve(cfg.Status.Host, cfg.Status.Port, cfg.Status.APIKey, status.Checks{
-		Ready: func() bool { return listening.Load() },
-		Live: func(ctx context.Context) bool {
-			r := relay.Load()
-			return r != nil && redisq.PingAll(ctx, r.c) == nil
-		},
-	}, m.Registry(), log)
-	if err != nil {
+	base, ok, err := service.Start(ctx, "relay", cfg.Status, cfg.Redis.URL, log)
+	if !ok {
 		return err
 	}
-	defer stopStatus()
-
-	client, err := redisq.Connect(ctx, cfg.Redis.URL, log)
-	if err != nil {
-		return nil // cancelled while waiting for Redis
-	}
-	defer client.Close()
+	defer base.Close()
+	client, m := base.Client, base.Metrics
 	if err := recipkey.CheckPlacement(ctx, client); err != nil {
 		return err
 	}
@@ -250,9 +233,6 @@ func Run(ctx context.Context, cfg config.Relay, log *slog.Logger) error {
 	sessions, endSessions := context.WithCancel(context.Background())
 	defer endSessions()
 	r.ctx = sessions
-	relay.Store(r)
-	m.BrokerUp.Set(1)
-
 	readCtx, stopReading := context.WithCancel(context.Background())
 	var readers sync.WaitGroup
 	for _, list := range cfg.DirectResponses {
@@ -276,7 +256,7 @@ func Run(ctx context.Context, cfg config.Relay, log *slog.Logger) error {
 		go func() { errs <- s.Serve(ln) }()
 		log.Info("herald relay listening", "transport", l.Transport, "addr", ln.Addr().String())
 	}
-	listening.Store(true)
+	base.Listening.Store(true)
 	log.Info("herald relay started", "redis", config.RedactURL(cfg.Redis.URL), "inbound_topic", cfg.InboundTopic,
 		"direct_response_lists", cfg.DirectResponses, "response_wait", cfg.ResponseWait, "max_body", cfg.MaxBody)
 
@@ -285,7 +265,7 @@ func Run(ctx context.Context, cfg config.Relay, log *slog.Logger) error {
 	case err := <-errs:
 		log.Error("a listener stopped", "err", err)
 	}
-	listening.Store(false)
+	base.Listening.Store(false)
 	log.Info("herald relay stopping: no new requests; waiting for open ones (at most 5 s)")
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
