@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"testing"
+
+	"github.com/heraldhq/herald/engine"
 )
 
 // FuzzParsePacked: any body is answered with a key or a reason, never a panic, and a key is what
@@ -79,5 +81,31 @@ func FuzzParseDirectResponse(f *testing.F) {
 	f.Add([]byte(`{"txn_id": "x", "response_data": {"response": "!!", "content_type": 5}}`))
 	f.Fuzz(func(t *testing.T, entry []byte) {
 		_, _ = ParseDirectResponse(entry)
+	})
+}
+
+// FuzzRetryMember: a retry set member (the outbound entry with its "retries") that decodes keeps
+// its retry count and message through re-encoding, as the retry pump and the reference rely on.
+func FuzzRetryMember(f *testing.F) {
+	_, v := loadVectorsF(f)
+	for _, vec := range v.Retry {
+		f.Add([]byte(vec.Member))
+	}
+	f.Add([]byte(`{"service": {"url": "http://x/"}, "payload": "e30=", "headers": {}, "retries": 4}`))
+	f.Add([]byte(`{"retries": 1e3, "service": {"url": "ws://x"}, "payload": ""}`))
+	f.Fuzz(func(t *testing.T, member []byte) {
+		m := &engine.Message{}
+		m.SetRaw(member)
+		if DecodeOutbound(m) != nil {
+			return
+		}
+		again := &engine.Message{}
+		again.SetRaw(AppendRetryMember(nil, m, m.Retries+1))
+		if err := DecodeOutbound(again); err != nil {
+			t.Fatalf("re-encoded member does not decode: %v", err)
+		}
+		if again.Retries != m.Retries+1 || string(again.URL) != string(m.URL) || string(again.Payload) != string(m.Payload) {
+			t.Fatalf("retry member round trip changed the message: %d -> %d", m.Retries, again.Retries)
+		}
 	})
 }

@@ -6,6 +6,7 @@ package acapy
 
 import (
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/heraldhq/herald/engine"
 )
@@ -38,6 +39,7 @@ var (
 	ErrServiceType    = &DecodeError{Offset: -1, Reason: "service is not an object"}
 	ErrURLType        = &DecodeError{Offset: -1, Reason: "service.url is not a string"}
 	ErrNotObject      = &DecodeError{Offset: 0, Reason: "entry is not a JSON object"}
+	ErrNotUTF8        = &DecodeError{Offset: -1, Reason: "entry is not valid UTF-8"}
 	ErrTrailing       = &DecodeError{Offset: -1, Reason: "trailing data after the JSON object"}
 	errTooDeep        = &DecodeError{Offset: -1, Reason: "nesting too deep"}
 	errUnexpectedEnd  = "unexpected end of input"
@@ -408,6 +410,11 @@ func (d *decoder) array(element func()) {
 // m.Payload and m.Retries. Unknown keys are skipped; "headers": null and "retries": null take the
 // reference's defaults. Once m's buffers have grown it allocates nothing.
 func DecodeOutbound(m *engine.Message) error {
+	if !utf8.Valid(m.Raw) {
+		// Python's json.loads of the entry's bytes fails first on their UTF-8 decoding.
+		m.URL, m.Headers, m.Retries = nil, m.Headers[:0], 0
+		return ErrNotUTF8
+	}
 	if cap(m.Scratch) < len(m.Raw) {
 		m.Scratch = make([]byte, 0, len(m.Raw))
 	}
