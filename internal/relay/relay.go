@@ -58,7 +58,7 @@ func New(cfg config.Relay, c rueidis.Client, m *metrics.Metrics, log *slog.Logge
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "herald_relay_messages_total",
 			Help: "Inbound messages by transport and outcome (queued, rejected, unavailable)."}, []string{"transport", "outcome"}),
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "herald_relay_direct_responses_total",
-			Help: "Requests that asked for a direct response, by outcome (answered, timeout)."}, []string{"outcome"}),
+			Help: "Direct responses by outcome: answered, timeout, forwarded (popped here for a request on another relay)."}, []string{"outcome"}),
 		up: m.BrokerUp,
 	}
 	r.waiters.m = map[string]chan acapy.DirectResponse{}
@@ -203,9 +203,36 @@ func (r *Relay) readResponses(ctx context.Context, list string) {
 			r.log.Error("malformed direct response dropped", "list", list, "err", err)
 			continue
 		}
-		if !r.waiters.deliver(resp) {
-			r.log.Info("direct response for a request no longer waiting (timed out, or on another relay)", "txn_id", resp.TxnID)
+		if r.waiters.deliver(resp) {
+			continue
 		}
+		// Not waited for here: the request may be on another relay reading the same list.
+		// Every relay listens on the forwarding channel and takes what is its own.
+		if err := r.c.Do(ctx, r.c.B().Publish().Channel(r.forwardChannel()).Message(kv[1]).Build()).Error(); err != nil {
+			r.log.Warn("forwarding a direct response to the other relays failed", "txn_id", resp.TxnID, "err", err)
+		}
+		r.responses.WithLabelValues("forwarded").Inc()
+	}
+}
+
+// forwardChannel is the pub/sub channel through which relays sharing a Redis hand each other the
+// direct responses one of them popped for a request another one holds.
+func (r *Relay) forwardChannel() string { return "herald:" + r.cfg.InboundTopic + ":direct_responses" }
+
+// listenForwarded delivers the direct responses other relays forward, until ctx ends. A response
+// for a request that is not here either is dropped: it timed out, or its relay is gone.
+func (r *Relay) listenForwarded(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := r.c.Receive(ctx, r.c.B().Subscribe().Channel(r.forwardChannel()).Build(), func(msg rueidis.PubSubMessage) {
+			if resp, err := acapy.ParseDirectResponse([]byte(msg.Message)); err == nil {
+				r.waiters.deliver(resp)
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("listening for forwarded direct responses failed; retrying in 1 s", "err", err)
+		sleep(ctx, time.Second)
 	}
 }
 
@@ -239,6 +266,8 @@ func Run(ctx context.Context, cfg config.Relay, log *slog.Logger) error {
 		readers.Add(1)
 		go func() { defer readers.Done(); r.readResponses(readCtx, list) }()
 	}
+	readers.Add(1)
+	go func() { defer readers.Done(); r.listenForwarded(readCtx) }()
 	defer func() { stopReading(); readers.Wait() }()
 
 	servers := make([]*fasthttp.Server, 0, len(cfg.Listeners))

@@ -121,3 +121,32 @@ func TestRedisDown(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestDirectResponseForwardedBetweenRelays: with two relays on one Redis, the direct response of a
+// request held by one can be popped by the other; it is forwarded and reaches the request.
+func TestDirectResponseForwardedBetweenRelays(t *testing.T) {
+	a, c := newRelay(t)
+	b := New(a.cfg, c, metrics.New("relay"), quiet)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go a.listenForwarded(ctx)                            // a holds the request, and reads no list
+	go b.readResponses(ctx, "acapy_inbound_direct_resp") // b pops the response
+	_ = c.Do(ctx, c.B().Hset().Key(recipkey.UIDKeysMap).FieldValue().FieldValue("uid", "W10=").Build()).Error()
+	time.Sleep(200 * time.Millisecond) // the subscription is in place
+
+	rr := []byte(strings.TrimSuffix(string(packedBody("KeyA")), "}") + `, "~transport": {"return_route": "all"}}`)
+	go func() {
+		kv, err := c.Do(ctx, c.B().Blpop().Key("acapy_inbound_KeyA").Timeout(5).Build()).AsStrSlice()
+		if err != nil {
+			return
+		}
+		txn := kv[1][strings.Index(kv[1], `"txn_id": "`)+11:]
+		txn = txn[:strings.IndexByte(txn, '"')]
+		_ = c.Do(ctx, c.B().Rpush().Key("acapy_inbound_direct_resp").Element(
+			`{"txn_id": "`+txn+`", "response_data": {"response": "eyJvayI6IHRydWV9", "content-type": "application/json"}}`).Build()).Error()
+	}()
+	res := a.Handle(ctx, rr, acapy.TransportHTTP)
+	if res.Status != 200 || res.Response == nil || string(res.Response.Body) != `{"ok": true}` {
+		t.Fatalf("forwarded direct response: %+v", res)
+	}
+}
