@@ -115,8 +115,33 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 		_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		_ = conn.WriteMessage(typ, b)
 	}
+	// Keepalive, as the reference's heartbeat: a ping every wsPing; a peer that answers nothing
+	// (not even a pong) for wsIdle is gone, and its session ends instead of waiting forever.
+	_ = conn.SetReadDeadline(time.Now().Add(wsIdle))
+	conn.SetPongHandler(func(string) error { return conn.SetReadDeadline(time.Now().Add(wsIdle)) })
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(wsPing)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(10*time.Second)) != nil {
+					return
+				}
+			}
+		}
+	}()
 	for {
 		typ, msg, err := conn.ReadMessage()
+		if err == nil {
+			_ = conn.SetReadDeadline(time.Now().Add(wsIdle))
+		}
 		if err != nil {
 			if err == websocket.ErrReadLimit {
 				write(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseMessageTooBig, "message larger than the relay's limit"))
@@ -149,6 +174,12 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 		}(p, msg)
 	}
 }
+
+// WebSocket keepalive: ping interval, and the silence after which a peer counts as gone.
+const (
+	wsPing = 10 * time.Second
+	wsIdle = 35 * time.Second
+)
 
 // closeReason fits a reason into a close frame (at most 123 bytes).
 func closeReason(s string) string {
