@@ -117,12 +117,13 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 	}
 	// Keepalive, as the reference's heartbeat: a ping every wsPing; a peer that answers nothing
 	// (not even a pong) for wsIdle is gone, and its session ends instead of waiting forever.
-	_ = conn.SetReadDeadline(time.Now().Add(wsIdle))
-	conn.SetPongHandler(func(string) error { return conn.SetReadDeadline(time.Now().Add(wsIdle)) })
+	ping, idle := r.wsPing, r.wsIdle
+	_ = conn.SetReadDeadline(time.Now().Add(idle))
+	conn.SetPongHandler(func(string) error { return conn.SetReadDeadline(time.Now().Add(idle)) })
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
-		t := time.NewTicker(wsPing)
+		t := time.NewTicker(ping)
 		defer t.Stop()
 		for {
 			select {
@@ -140,7 +141,7 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 	for {
 		typ, msg, err := conn.ReadMessage()
 		if err == nil {
-			_ = conn.SetReadDeadline(time.Now().Add(wsIdle))
+			_ = conn.SetReadDeadline(time.Now().Add(idle))
 		}
 		if err != nil {
 			if err == websocket.ErrReadLimit {
@@ -175,7 +176,7 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 	}
 }
 
-// WebSocket keepalive: ping interval, and the silence after which a peer counts as gone.
+// WebSocket keepalive defaults: ping interval, and the silence after which a peer counts as gone.
 const (
 	wsPing = 10 * time.Second
 	wsIdle = 35 * time.Second

@@ -38,6 +38,8 @@ type Relay struct {
 	queueTime prometheus.Histogram   // bookkeeping and RPUSH of one message
 	up        prometheus.Gauge
 	bufs      sync.Pool
+
+	wsPing, wsIdle time.Duration // WebSocket keepalive
 }
 
 // Outcome of one inbound message, as the metrics and logs name it.
@@ -62,6 +64,7 @@ func New(cfg config.Relay, c rueidis.Client, m *metrics.Metrics, log *slog.Logge
 		up: m.BrokerUp,
 	}
 	r.waiters.m = map[string]chan acapy.DirectResponse{}
+	r.wsPing, r.wsIdle = wsPing, wsIdle
 	r.queueTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "herald_relay_queue_seconds",
 		Help:    "Time to book and queue one message in Redis, from the relay's side (direct-response waits excluded).",
 		Buckets: []float64{.0002, .0005, .001, .002, .005, .01, .02, .05, .1, .5, 1, 5}})

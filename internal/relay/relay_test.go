@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fasthttp/websocket"
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/metrics"
@@ -148,5 +150,55 @@ func TestDirectResponseForwardedBetweenRelays(t *testing.T) {
 	res := a.Handle(ctx, rr, acapy.TransportHTTP)
 	if res.Status != 200 || res.Response == nil || string(res.Response.Body) != `{"ok": true}` {
 		t.Fatalf("forwarded direct response: %+v", res)
+	}
+}
+
+// TestWebSocketKeepalive: a peer that answers the relay's pings stays connected; one that goes
+// silent is closed once the idle limit passes.
+func TestWebSocketKeepalive(t *testing.T) {
+	r, _ := newRelay(t)
+	r.wsPing, r.wsIdle = 100*time.Millisecond, 500*time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := r.server(acapy.TransportWS)
+	go func() { _ = srv.Serve(ln) }()
+	defer func() { _ = srv.Shutdown() }()
+	dial := func() *websocket.Conn {
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+ln.Addr().String()+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	alive, silent := dial(), dial()
+	defer alive.Close()
+	defer silent.Close()
+	silent.SetPingHandler(func(string) error { return nil }) // never answers
+	ended := make(chan time.Duration, 2)
+	start := time.Now()
+	for _, c := range []*websocket.Conn{alive, silent} {
+		go func() {
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					ended <- time.Since(start)
+					return
+				}
+			}
+		}()
+	}
+	select {
+	case took := <-ended:
+		if took < 400*time.Millisecond || took > 3*time.Second {
+			t.Errorf("a session ended after %s", took)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the silent peer was never closed")
+	}
+	select {
+	case <-ended:
+		t.Fatal("the live peer was closed too")
+	case <-time.After(time.Second):
 	}
 }
