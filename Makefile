@@ -14,7 +14,7 @@ build:
 	$(GO) build -o $(BIN) ./cmd/herald
 
 services:
-	bash scripts/services.sh redis
+	bash scripts/services.sh redis nats
 
 demo: services build
 	./$(BIN) demo

@@ -1,0 +1,212 @@
+// Package natsq is the NATS JetStream adapter of the engine: a durable pull consumer shared by
+// every deliverer is an at-least-once Source. A message is acknowledged after its delivery, a
+// retry is a NAK with the retry's delay, a crash leaves the message unacknowledged and JetStream
+// redelivers it after the ack wait, and a dead letter is published, with its reason, on a subject
+// of its own before the message is terminated.
+package natsq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Options name the stream, subjects and consumer of a queue.
+type Options struct {
+	// Stream holds Subject (work-queue retention: a message leaves it once acknowledged); it is
+	// created when missing.
+	Stream  string
+	Subject string
+	// Consumer is the durable consumer every deliverer of the queue shares.
+	Consumer string
+	// DeadStream and DeadSubject keep the dead letters (limits retention); created when missing.
+	DeadStream, DeadSubject string
+	// AckWait is how long a taken message may stay unsettled before JetStream hands it to
+	// another consumer: the redelivery time after a crash. It must exceed the longest delivery.
+	AckWait time.Duration
+	// EncodeDead appends the dead-letter entry of m.
+	EncodeDead func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte
+	// Instance names this consumer in dead letters.
+	Instance string
+}
+
+// Queue is an engine.Source over a JetStream pull consumer.
+type Queue struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	cons jetstream.Consumer
+	o    Options
+
+	next atomic.Uint64
+	held sync.Map // token -> jetstream.Msg, while the message is unsettled
+}
+
+// Token layout: the low bits number the taken message, the high bits carry how many times
+// JetStream has delivered it, which Decode turns into the retry count.
+const deliveriesShift = 40
+
+// Open connects the queue on nc, creating the streams and the consumer when missing.
+func Open(ctx context.Context, nc *nats.Conn, o Options) (*Queue, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = 30 * time.Second
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: o.Stream, Subjects: []string{o.Subject},
+		Retention: jetstream.WorkQueuePolicy}); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", o.Stream, err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: o.DeadStream, Subjects: []string{o.DeadSubject}}); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", o.DeadStream, err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, o.Stream, jetstream.ConsumerConfig{
+		Durable: o.Consumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: o.AckWait,
+		FilterSubject: o.Subject, MaxDeliver: -1, MaxAckPending: 10000,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", o.Consumer, err)
+	}
+	return &Queue{nc: nc, js: js, cons: cons, o: o}, nil
+}
+
+// Take implements engine.Source.
+func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {
+	batch, err := q.cons.Fetch(n, jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		return dst, err
+	}
+	for msg := range batch.Messages() {
+		m := engine.GetMessage()
+		m.SetRaw(msg.Data())
+		m.TakenAt = time.Now().UnixNano()
+		var delivered uint64 = 1
+		if md, err := msg.Metadata(); err == nil {
+			delivered = md.NumDelivered
+		}
+		token := q.next.Add(1)
+		m.Token = delivered<<deliveriesShift | token
+		q.held.Store(token, msg)
+		dst = append(dst, m)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+		return dst, err
+	}
+	return dst, nil
+}
+
+// Deliveries is how many times JetStream has handed out m, counting this time.
+func Deliveries(m *engine.Message) int { return int(m.Token >> deliveriesShift) }
+
+// Decoder wraps an entry decoder: the retry count is JetStream's, the deliveries before this one,
+// or the entry's own when that is higher (an entry moved here from a Redis retry set).
+func Decoder(decode engine.Decoder) engine.Decoder {
+	return func(m *engine.Message) error {
+		err := decode(m)
+		if d := Deliveries(m) - 1; d > m.Retries {
+			m.Retries = d
+		}
+		return err
+	}
+}
+
+func (q *Queue) settle(m *engine.Message) (jetstream.Msg, error) {
+	v, ok := q.held.LoadAndDelete(m.Token & (1<<deliveriesShift - 1))
+	if !ok {
+		return nil, fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
+	}
+	return v.(jetstream.Msg), nil
+}
+
+// Ack implements engine.Source.
+func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
+	msg, err := q.settle(m)
+	if err != nil {
+		return err
+	}
+	return msg.Ack()
+}
+
+// Retry implements engine.Source: JetStream hands the message out again after delay; the retry
+// count follows from its delivery count.
+func (q *Queue) Retry(ctx context.Context, m *engine.Message, retries int, delay time.Duration) error {
+	msg, err := q.settle(m)
+	if err != nil {
+		return err
+	}
+	return msg.NakWithDelay(delay)
+}
+
+// DeadLetter implements engine.Source: the dead letter is published (and stored) first, then the
+// message terminated, so that a crash between the two duplicates the dead letter, never loses it.
+func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Failure) error {
+	v, ok := q.held.Load(m.Token & (1<<deliveriesShift - 1))
+	if !ok {
+		return fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
+	}
+	entry := q.o.EncodeDead(nil, m, f, q.o.Instance, time.Now())
+	if _, err := q.js.Publish(ctx, q.o.DeadSubject, entry); err != nil {
+		return err
+	}
+	q.held.Delete(m.Token & (1<<deliveriesShift - 1))
+	return v.(jetstream.Msg).Term()
+}
+
+// Release implements engine.Source: the messages are handed out again at once, before new ones.
+func (q *Queue) Release(ctx context.Context, ms []*engine.Message) error {
+	var errs []error
+	for _, m := range ms {
+		msg, err := q.settle(m)
+		if err == nil {
+			err = msg.Nak()
+		}
+		errs = append(errs, err)
+	}
+	// A NAK is a plain publish: flushing makes the server take them all before this consumer's
+	// next pull, so that they come out again ahead of newer messages.
+	errs = append(errs, q.nc.FlushTimeout(5*time.Second))
+	return errors.Join(errs...)
+}
+
+// Publish appends an entry to the queue and waits for JetStream to store it.
+func (q *Queue) Publish(ctx context.Context, entry []byte) error {
+	_, err := q.js.Publish(ctx, q.o.Subject, entry)
+	return err
+}
+
+// DeadLetters reads every dead letter kept so far, oldest first.
+func (q *Queue) DeadLetters(ctx context.Context) ([][]byte, error) {
+	cons, err := q.js.OrderedConsumer(ctx, q.o.DeadStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{q.o.DeadSubject}})
+	if err != nil {
+		return nil, err
+	}
+	info, err := q.js.Stream(ctx, q.o.DeadStream)
+	if err != nil {
+		return nil, err
+	}
+	total := int(info.CachedInfo().State.Msgs)
+	var out [][]byte
+	for len(out) < total {
+		batch, err := cons.Fetch(total-len(out), jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return out, err
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			out = append(out, append([]byte(nil), msg.Data()...))
+			got++
+		}
+		if got == 0 {
+			break
+		}
+	}
+	return out, nil
+}
