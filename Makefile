@@ -14,7 +14,7 @@ build:
 	$(GO) build -o $(BIN) ./cmd/herald
 
 services:
-	bash scripts/services.sh redis nats
+	bash scripts/services.sh redis nats rabbitmq
 
 demo: services build
 	./$(BIN) demo

@@ -1,0 +1,105 @@
+package amqpq
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/engine/enginetest"
+	"github.com/heraldhq/herald/internal/acapy"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// amqpURL is the RabbitMQ the tests use: scripts/services.sh starts one on 5672 where none runs;
+// HERALD_AMQP_URL points elsewhere.
+func amqpURL() string {
+	if u := os.Getenv("HERALD_AMQP_URL"); u != "" {
+		return u
+	}
+	return "amqp://guest:guest@127.0.0.1:5672/"
+}
+
+func dial(t testing.TB) *amqp.Connection {
+	t.Helper()
+	conn, err := amqp.DialConfig(amqpURL(), amqp.Config{Dial: amqp.DefaultDial(3 * time.Second)})
+	if err != nil {
+		t.Fatalf("RabbitMQ at %s: %v (run scripts/services.sh rabbitmq)", amqpURL(), err)
+	}
+	return conn
+}
+
+// TestConformance runs the engine's Source suite against a RabbitMQ queue.
+func TestConformance(t *testing.T) {
+	enginetest.Run(t, func(t *testing.T) *enginetest.Queue {
+		name := fmt.Sprintf("herald.test.%d", rand.Uint64())
+		o := Options{Queue: name, Instance: "conformance", Prefetch: 64,
+			EncodeDead: func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
+				return acapy.AppendDeadLetter(dst, acapy.DeadLetter{Raw: m.Raw, Reason: f.Reason, Status: f.Status, Retries: m.Retries, At: at, Instance: instance})
+			}}
+		admin := dial(t)
+		ch, err := admin.Channel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Declare(ch, name); err != nil {
+			t.Fatal(err)
+		}
+		if err := ch.Confirm(false); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			for _, q := range []string{name, DeadQueue(name), retryQueue(name, 2*time.Second)} {
+				_, _ = ch.QueueDelete(q, false, false, false)
+			}
+			_ = ch.ExchangeDelete(DeadExchange(name), false, false)
+			admin.Close()
+		})
+		ctx := context.Background()
+		return &enginetest.Queue{
+			Entry: func(payload []byte) []byte { return acapy.AppendOutbound(nil, "http://receiver/", nil, payload) },
+			Produce: func(t testing.TB, entries [][]byte) {
+				for _, e := range entries {
+					if err := Publish(ctx, ch, name, e); err != nil {
+						t.Fatal(err)
+					}
+				}
+			},
+			Decode: Decoder(acapy.DecodeOutbound),
+			Open: func(t testing.TB) (engine.Source, func()) {
+				conn := dial(t)
+				q, err := Open(conn, o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var once sync.Once
+				crash := func() { once.Do(func() { _ = conn.Close() }) } // unacknowledged messages return at once
+				if tt, ok := t.(*testing.T); ok {
+					tt.Cleanup(crash)
+				}
+				return q, crash
+			},
+			Dead: func(t testing.TB) []enginetest.DeadEntry {
+				raw, err := DeadLetters(admin, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var out []enginetest.DeadEntry
+				for _, r := range raw {
+					d, err := acapy.ParseDeadLetter(r)
+					if err != nil {
+						t.Fatal(err)
+					}
+					out = append(out, enginetest.DeadEntry{Raw: d.Raw, Reason: d.Reason})
+				}
+				return out
+			},
+			Ordered:   true,
+			Redeliver: 2 * time.Second,
+		}
+	})
+}
