@@ -1,0 +1,88 @@
+package kafkaq
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/engine/enginetest"
+	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// TestConformance runs the engine's Source suite against a consumer group on franz-go's
+// in-process Kafka cluster (kfake).
+func TestConformance(t *testing.T) {
+	enginetest.Run(t, func(t *testing.T) *enginetest.Queue {
+		name := fmt.Sprintf("herald-test-%d", rand.Uint64())
+		o := Options{Topic: name, RetryTopic: name + ".retry", DeadTopic: name + ".dead", Group: "deliver", Instance: "conformance",
+			EncodeDead: func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
+				return acapy.AppendDeadLetter(dst, acapy.DeadLetter{Raw: m.Raw, Reason: f.Reason, Status: f.Status, Retries: m.Retries, At: at, Instance: instance})
+			}}
+		cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, o.Topic, o.RetryTopic, o.DeadTopic))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cluster.Close)
+		o.Seeds = cluster.ListenAddrs()
+		producer, err := kgo.NewClient(kgo.SeedBrokers(o.Seeds...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(producer.Close)
+		ctx := context.Background()
+		return &enginetest.Queue{
+			Entry: func(payload []byte) []byte { return acapy.AppendOutbound(nil, "http://receiver/", nil, payload) },
+			Produce: func(t testing.TB, entries [][]byte) {
+				recs := make([]*kgo.Record, len(entries))
+				for i, e := range entries {
+					recs[i] = &kgo.Record{Topic: o.Topic, Value: e}
+				}
+				if err := producer.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+					t.Fatal(err)
+				}
+			},
+			Decode: Decoder(acapy.DecodeOutbound),
+			Open: func(t testing.TB) (engine.Source, func()) {
+				q, err := Open(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var once sync.Once
+				crash := func() { once.Do(q.Close) } // leaves the group; nothing more is committed
+				if tt, ok := t.(*testing.T); ok {
+					tt.Cleanup(crash)
+				}
+				return q, crash
+			},
+			Dead: func(t testing.TB) []enginetest.DeadEntry {
+				cl, err := kgo.NewClient(kgo.SeedBrokers(o.Seeds...), kgo.ConsumeTopics(o.DeadTopic),
+					kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer cl.Close()
+				var out []enginetest.DeadEntry
+				for range 3 {
+					pctx, cancel := context.WithTimeout(ctx, time.Second)
+					cl.PollFetches(pctx).EachRecord(func(r *kgo.Record) {
+						d, err := acapy.ParseDeadLetter(r.Value)
+						if err != nil {
+							t.Fatal(err)
+						}
+						out = append(out, enginetest.DeadEntry{Raw: d.Raw, Reason: d.Reason})
+					})
+					cancel()
+				}
+				return out
+			},
+			Ordered:   true,
+			Redeliver: 8 * time.Second, // the group's rebalance once the crashed member has left
+		}
+	})
+}
