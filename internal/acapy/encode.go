@@ -173,6 +173,15 @@ func AppendDeadLetter(dst []byte, d DeadLetter) []byte {
 	return append(dst, '}')
 }
 
+// EncodeDead appends the dead-letter entry of m for a Source's EncodeDead option: every adapter
+// dead-letters in the same format, which `herald dlq` reads.
+func EncodeDead(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
+	return AppendDeadLetter(dst, DeadLetter{
+		Raw: m.Raw, Reason: f.Reason, Status: f.Status, Retries: m.Retries, URL: m.URL,
+		At: at, Instance: instance,
+	})
+}
+
 // ParseDeadLetter reads an entry written by AppendDeadLetter.
 func ParseDeadLetter(b []byte) (DeadLetter, error) {
 	var v struct {

@@ -38,9 +38,7 @@ func TestConformance(t *testing.T) {
 	enginetest.Run(t, func(t *testing.T) *enginetest.Queue {
 		name := fmt.Sprintf("herald.test.%d", rand.Uint64())
 		o := Options{Queue: name, Instance: "conformance", Prefetch: 64,
-			EncodeDead: func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
-				return acapy.AppendDeadLetter(dst, acapy.DeadLetter{Raw: m.Raw, Reason: f.Reason, Status: f.Status, Retries: m.Retries, At: at, Instance: instance})
-			}}
+			EncodeDead: acapy.EncodeDead}
 		admin := dial(t)
 		ch, err := admin.Channel()
 		if err != nil {

@@ -54,7 +54,7 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 		Instance:    cfg.Instance,
 		Lease:       cfg.Lease,
 		EncodeRetry: acapy.AppendRetryMember,
-		EncodeDead:  encodeDead,
+		EncodeDead:  acapy.EncodeDead,
 		Log:         log,
 	})
 	queue.Store(q)
@@ -113,13 +113,6 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	}
 	log.Info("herald deliver stopped")
 	return err
-}
-
-func encodeDead(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
-	return acapy.AppendDeadLetter(dst, acapy.DeadLetter{
-		Raw: m.Raw, Reason: f.Reason, Status: f.Status, Retries: m.Retries, URL: m.URL,
-		At: at, Instance: instance,
-	})
 }
 
 // watchDepth refreshes the queue depth gauges; it is cheap (three commands every two seconds).

@@ -21,9 +21,7 @@ func TestConformance(t *testing.T) {
 	enginetest.Run(t, func(t *testing.T) *enginetest.Queue {
 		name := fmt.Sprintf("herald-test-%d", rand.Uint64())
 		o := Options{Topic: name, RetryTopic: name + ".retry", DeadTopic: name + ".dead", Group: "deliver", Instance: "conformance",
-			EncodeDead: func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
-				return acapy.AppendDeadLetter(dst, acapy.DeadLetter{Raw: m.Raw, Reason: f.Reason, Status: f.Status, Retries: m.Retries, At: at, Instance: instance})
-			}}
+			EncodeDead: acapy.EncodeDead}
 		cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, o.Topic, o.RetryTopic, o.DeadTopic))
 		if err != nil {
 			t.Fatal(err)

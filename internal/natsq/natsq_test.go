@@ -42,9 +42,7 @@ func TestConformance(t *testing.T) {
 			Stream: name, Subject: name + ".outbound", Consumer: "deliver",
 			DeadStream: name + "_DEAD", DeadSubject: name + ".dead",
 			AckWait: time.Second, Instance: "conformance",
-			EncodeDead: func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
-				return acapy.AppendDeadLetter(dst, acapy.DeadLetter{Raw: m.Raw, Reason: f.Reason, Status: f.Status, Retries: m.Retries, At: at, Instance: instance})
-			},
+			EncodeDead: acapy.EncodeDead,
 		}
 		admin := connect(t)
 		ctx := context.Background()

@@ -52,9 +52,7 @@ func conformanceQueue(c rueidis.Client, prefix string) *enginetest.Queue {
 		Open: func(t testing.TB) (engine.Source, func()) {
 			q := New(c, Options{Keys: keys, Mode: AtLeastOnce, Lease: time.Second, Log: quiet,
 				EncodeRetry: acapy.AppendRetryMember,
-				EncodeDead: func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte {
-					return acapy.AppendDeadLetter(dst, acapy.DeadLetter{Raw: m.Raw, Reason: f.Reason, Status: f.Status, Retries: m.Retries, At: at, Instance: instance})
-				}})
+				EncodeDead:  acapy.EncodeDead})
 			ctx, cancel := context.WithCancel(context.Background())
 			if err := q.Register(ctx); err != nil {
 				t.Fatal(err)
