@@ -1,14 +1,18 @@
 // Package natsq is the NATS JetStream adapter of the engine: a durable pull consumer shared by
-// every deliverer is an at-least-once Source. A message is acknowledged after its delivery, a
-// retry is a NAK with the retry's delay, a crash leaves the message unacknowledged and JetStream
-// redelivers it after the ack wait, and a dead letter is published, with its reason, on a subject
-// of its own before the message is terminated.
+// every deliverer is an at-least-once Source. A message is acknowledged after its delivery; a
+// retry is republished (confirmed) with its retry count and the time it is due, and the original
+// acknowledged; a copy taken before it is due goes back with a NAK for the time that remains; a
+// crash leaves messages unacknowledged and JetStream redelivers them after the ack wait; a dead
+// letter is published, with its reason, on a subject of its own before the message is terminated.
+// The retry count travels in the message, not in JetStream's delivery count, which a delayed NAK
+// does not always advance.
 package natsq
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,9 +52,27 @@ type Queue struct {
 	held sync.Map // token -> jetstream.Msg, while the message is unsettled
 }
 
-// Token layout: the low bits number the taken message, the high bits carry how many times
-// JetStream has delivered it, which Decode turns into the retry count.
-const deliveriesShift = 40
+// Token layout: the low bits number the taken message, the high bits carry the retry count of a
+// republished retry, which Decoder reads.
+const retriesShift = 40
+
+// Header names of a republished retry.
+const (
+	retriesHeader   = "X-Herald-Retries"
+	notBeforeHeader = "X-Herald-Not-Before" // Unix milliseconds
+)
+
+func headers(msg jetstream.Msg) (retries int, due time.Time) {
+	h := msg.Headers()
+	if h == nil {
+		return 0, time.Time{}
+	}
+	retries, _ = strconv.Atoi(h.Get(retriesHeader))
+	if ms, err := strconv.ParseInt(h.Get(notBeforeHeader), 10, 64); err == nil {
+		due = time.UnixMilli(ms)
+	}
+	return retries, due
+}
 
 // Open connects the queue on nc, creating the streams and the consumer when missing.
 func Open(ctx context.Context, nc *nats.Conn, o Options) (*Queue, error) {
@@ -85,15 +107,17 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		return dst, err
 	}
 	for msg := range batch.Messages() {
+		retries, due := headers(msg)
+		if wait := time.Until(due); wait > 0 {
+			// A retry taken early: back to JetStream until it is due.
+			_ = msg.NakWithDelay(wait)
+			continue
+		}
 		m := engine.GetMessage()
 		m.SetRaw(msg.Data())
 		m.TakenAt = time.Now().UnixNano()
-		var delivered uint64 = 1
-		if md, err := msg.Metadata(); err == nil {
-			delivered = md.NumDelivered
-		}
 		token := q.next.Add(1)
-		m.Token = delivered<<deliveriesShift | token
+		m.Token = uint64(retries)<<retriesShift | token
 		q.held.Store(token, msg)
 		dst = append(dst, m)
 	}
@@ -103,23 +127,20 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 	return dst, nil
 }
 
-// Deliveries is how many times JetStream has handed out m, counting this time.
-func Deliveries(m *engine.Message) int { return int(m.Token >> deliveriesShift) }
-
-// Decoder wraps an entry decoder: the retry count is JetStream's, the deliveries before this one,
-// or the entry's own when that is higher (an entry moved here from a Redis retry set).
+// Decoder wraps an entry decoder: the retry count is the one a republished retry carries, or the
+// entry's own when that is higher (an entry moved here from a Redis retry set).
 func Decoder(decode engine.Decoder) engine.Decoder {
 	return func(m *engine.Message) error {
 		err := decode(m)
-		if d := Deliveries(m) - 1; d > m.Retries {
-			m.Retries = d
+		if r := int(m.Token >> retriesShift); r > m.Retries {
+			m.Retries = r
 		}
 		return err
 	}
 }
 
 func (q *Queue) settle(m *engine.Message) (jetstream.Msg, error) {
-	v, ok := q.held.LoadAndDelete(m.Token & (1<<deliveriesShift - 1))
+	v, ok := q.held.LoadAndDelete(m.Token & (1<<retriesShift - 1))
 	if !ok {
 		return nil, fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
 	}
@@ -135,20 +156,24 @@ func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
 	return msg.Ack()
 }
 
-// Retry implements engine.Source: JetStream hands the message out again after delay; the retry
-// count follows from its delivery count.
+// Retry implements engine.Source: the entry is republished with its retry count and due time
+// (confirmed by JetStream), then the original acknowledged; a crash between the two delivers
+// it twice, never zero times.
 func (q *Queue) Retry(ctx context.Context, m *engine.Message, retries int, delay time.Duration) error {
-	msg, err := q.settle(m)
-	if err != nil {
+	out := nats.NewMsg(q.o.Subject)
+	out.Data = m.Raw
+	out.Header.Set(retriesHeader, strconv.Itoa(retries))
+	out.Header.Set(notBeforeHeader, strconv.FormatInt(time.Now().Add(delay).UnixMilli(), 10))
+	if _, err := q.js.PublishMsg(ctx, out); err != nil {
 		return err
 	}
-	return msg.NakWithDelay(delay)
+	return q.Ack(ctx, m)
 }
 
 // DeadLetter implements engine.Source: the dead letter is published (and stored) first, then the
 // message terminated, so that a crash between the two duplicates the dead letter, never loses it.
 func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Failure) error {
-	v, ok := q.held.Load(m.Token & (1<<deliveriesShift - 1))
+	v, ok := q.held.Load(m.Token & (1<<retriesShift - 1))
 	if !ok {
 		return fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
 	}
@@ -156,7 +181,7 @@ func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Fail
 	if _, err := q.js.Publish(ctx, q.o.DeadSubject, entry); err != nil {
 		return err
 	}
-	q.held.Delete(m.Token & (1<<deliveriesShift - 1))
+	q.held.Delete(m.Token & (1<<retriesShift - 1))
 	return v.(jetstream.Msg).Term()
 }
 
