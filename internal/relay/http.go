@@ -105,8 +105,13 @@ func (r *Relay) serveWS(ctx *fasthttp.RequestCtx) {
 	}
 }
 
-func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
-	defer conn.Close()
+func (r *Relay) wsSession(parent context.Context, conn *websocket.Conn) {
+	ctx, cancel := context.WithCancel(parent)
+	var workers sync.WaitGroup
+	// On the way out: stop the pinger and the responders, close the connection so that their
+	// writes fail at once, and wait for them, since fasthttp reuses the connection once the
+	// session returns.
+	defer func() { cancel(); _ = conn.Close(); workers.Wait() }()
 	conn.SetReadLimit(int64(r.cfg.MaxBody))
 	var writeMu sync.Mutex // direct responses are written from their own goroutines
 	write := func(typ int, b []byte) {
@@ -120,15 +125,13 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 	ping, idle := r.wsPing, r.wsIdle
 	_ = conn.SetReadDeadline(time.Now().Add(idle))
 	conn.SetPongHandler(func(string) error { return conn.SetReadDeadline(time.Now().Add(idle)) })
-	done := make(chan struct{})
-	defer close(done)
+	workers.Add(1)
 	go func() {
+		defer workers.Done()
 		t := time.NewTicker(ping)
 		defer t.Stop()
 		for {
 			select {
-			case <-done:
-				return
 			case <-ctx.Done():
 				return
 			case <-t.C:
@@ -167,7 +170,9 @@ func (r *Relay) wsSession(ctx context.Context, conn *websocket.Conn) {
 		}
 		// A direct response may take seconds: wait beside the read loop, so that the connection
 		// keeps taking messages meanwhile.
+		workers.Add(1)
 		go func(p acapy.Packed, msg []byte) {
+			defer workers.Done()
 			res := r.queue(ctx, p, msg, acapy.TransportWS)
 			if res.Response != nil && len(res.Response.Body) > 0 {
 				write(websocket.BinaryMessage, res.Response.Body)
