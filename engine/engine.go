@@ -34,6 +34,17 @@ type Sink interface {
 // the entry can never be delivered; its text is the dead-letter reason.
 type Decoder func(m *Message) error
 
+// Decode runs d on m and then keeps the higher retry count of the entry's and the Source's, so
+// that a broker carrying the count outside the entry (a header, a delivery count) and an entry
+// carrying its own (a reference retry member) both count.
+func Decode(d Decoder, m *Message) error {
+	err := d(m)
+	if m.SourceRetries > m.Retries {
+		m.Retries = m.SourceRetries
+	}
+	return err
+}
+
 // Result is what a Sink says of one delivery attempt.
 type Result struct {
 	// Err is nil when the message was delivered.

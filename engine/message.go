@@ -27,6 +27,10 @@ type Message struct {
 	// Retries counts the deliveries already retried (the reference's "retries" field).
 	Retries int
 
+	// SourceRetries is the retry count the Source knows of outside the entry (a header, a
+	// delivery count). Decode keeps the higher of it and the entry's own.
+	SourceRetries int
+
 	// TakenAt is when the Source handed the message out, in Unix nanoseconds.
 	TakenAt int64
 
@@ -47,6 +51,7 @@ func (m *Message) Reset() {
 	m.Headers = m.Headers[:0]
 	m.Payload = m.Payload[:0]
 	m.Retries = 0
+	m.SourceRetries = 0
 	m.TakenAt = 0
 	m.Token = 0
 	m.Scratch = m.Scratch[:0]

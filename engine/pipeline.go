@@ -150,7 +150,7 @@ func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, batch int
 // handle delivers one message and settles it.
 func (p *Pipeline) handle(ctx context.Context, m *Message) {
 	defer PutMessage(m)
-	if err := p.Decode(m); err != nil {
+	if err := Decode(p.Decode, m); err != nil {
 		p.settle(ctx, m, DeadLettered, 0, 0, Failure{Reason: "malformed entry: " + err.Error()})
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +21,8 @@ type Queue struct {
 	Produce func(t testing.TB, entries [][]byte)
 	// Entry builds the broker's entry for a payload (what a producer would enqueue).
 	Entry func(payload []byte) []byte
-	// Decode reads a taken message's payload and retry count (the adapter's engine.Decoder).
+	// Decode reads a taken message's payload and retry count (the entry format's decoder; the
+	// suite applies engine.Decode's rule for the Source's own count).
 	Decode engine.Decoder
 	// Open starts a consumer as the service runs it, with whatever background work its Source
 	// needs. crash ends it the way a killed process ends: nothing settled, nothing released, no
@@ -45,7 +47,7 @@ func Body(i int) []byte { return fmt.Appendf(nil, `{"n": %d}`, i) }
 
 func bodyIndex(t testing.TB, q *Queue, m *engine.Message) int {
 	t.Helper()
-	if err := q.Decode(m); err != nil {
+	if err := engine.Decode(q.Decode, m); err != nil {
 		t.Fatalf("a taken message does not decode: %v (%q)", err, m.Raw)
 	}
 	var n int
@@ -282,4 +284,13 @@ func releaseFirst(t *testing.T, q *Queue) {
 			t.Fatalf("released %v came back as %v", released, order)
 		}
 	}
+}
+
+// Crash turns stop, which ends a consumer the way a killed process ends, into the crash function
+// Open returns: it runs once, and at the end of t if the test did not call it.
+func Crash(t testing.TB, stop func()) func() {
+	var once sync.Once
+	crash := func() { once.Do(stop) }
+	t.Cleanup(crash)
+	return crash
 }

@@ -129,7 +129,8 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		m := engine.GetMessage()
 		m.SetRaw(d.Body)
 		m.TakenAt = time.Now().UnixNano()
-		m.Token = uint64(headerRetries(d))<<retriesShift | d.DeliveryTag
+		m.Token = d.DeliveryTag
+		m.SourceRetries = headerRetries(d)
 		q.mu.Lock()
 		q.held[d.DeliveryTag] = d
 		q.mu.Unlock()
@@ -137,10 +138,6 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 	}
 	return dst, nil
 }
-
-// Token layout: the delivery tag in the low bits, the retry count a republished message carries
-// in the high bits, which Decoder reads.
-const retriesShift = 48
 
 func headerRetries(d amqp.Delivery) int {
 	switch v := d.Headers[retriesHeader].(type) {
@@ -152,27 +149,14 @@ func headerRetries(d amqp.Delivery) int {
 	return 0
 }
 
-// Decoder wraps an entry decoder: the retry count is the one this adapter carries in a header,
-// or the entry's own when that is higher.
-func Decoder(decode engine.Decoder) engine.Decoder {
-	return func(m *engine.Message) error {
-		err := decode(m)
-		if r := int(m.Token >> retriesShift); r > m.Retries {
-			m.Retries = r
-		}
-		return err
-	}
-}
-
 func (q *Queue) take(m *engine.Message) (amqp.Delivery, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	tag := m.Token & (1<<retriesShift - 1)
-	d, ok := q.held[tag]
+	d, ok := q.held[m.Token]
 	if !ok {
-		return d, fmt.Errorf("amqpq: message %d is not held by this consumer", tag)
+		return d, fmt.Errorf("amqpq: message %d is not held by this consumer", m.Token)
 	}
-	delete(q.held, tag)
+	delete(q.held, m.Token)
 	return d, nil
 }
 

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/acapy/acapytest"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -58,8 +58,7 @@ func TestConformance(t *testing.T) {
 			admin.Close()
 		})
 		ctx := context.Background()
-		return &enginetest.Queue{
-			Entry: func(payload []byte) []byte { return acapy.AppendOutbound(nil, "http://receiver/", nil, payload) },
+		return acapytest.Queue(&enginetest.Queue{
 			Produce: func(t testing.TB, entries [][]byte) {
 				for _, e := range entries {
 					if err := Publish(ctx, ch, name, e); err != nil {
@@ -67,37 +66,22 @@ func TestConformance(t *testing.T) {
 					}
 				}
 			},
-			Decode: Decoder(acapy.DecodeOutbound),
 			Open: func(t testing.TB) (engine.Source, func()) {
 				conn := dial(t)
 				q, err := Open(conn, o)
 				if err != nil {
 					t.Fatal(err)
 				}
-				var once sync.Once
-				crash := func() { once.Do(func() { _ = conn.Close() }) } // unacknowledged messages return at once
-				if tt, ok := t.(*testing.T); ok {
-					tt.Cleanup(crash)
-				}
-				return q, crash
-			},
-			Dead: func(t testing.TB) []enginetest.DeadEntry {
-				raw, err := DeadLetters(admin, name)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var out []enginetest.DeadEntry
-				for _, r := range raw {
-					d, err := acapy.ParseDeadLetter(r)
-					if err != nil {
-						t.Fatal(err)
-					}
-					out = append(out, enginetest.DeadEntry{Raw: d.Raw, Reason: d.Reason})
-				}
-				return out
+				return q, enginetest.Crash(t, func() { _ = conn.Close() }) // unacknowledged messages return at once
 			},
 			Ordered:   true,
 			Redeliver: 2 * time.Second,
-		}
+		}, func(t testing.TB) [][]byte {
+			raw, err := DeadLetters(admin, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return raw
+		})
 	})
 }

@@ -65,12 +65,8 @@ type partState struct {
 
 type taken struct {
 	rec *kgo.Record
-	tok uint64
+	id  uint64
 }
-
-// Token layout: the low bits number the taken record, the high bits carry the retry count of a
-// retry record, which Decoder reads.
-const retriesShift = 40
 
 // Open joins the group and starts consuming the topic and its retry topic.
 func Open(o Options) (*Queue, error) {
@@ -105,10 +101,10 @@ func notBefore(r *kgo.Record) time.Time {
 	return time.Time{}
 }
 
-func recordRetries(r *kgo.Record) uint64 {
+func recordRetries(r *kgo.Record) int {
 	for _, h := range r.Headers {
 		if h.Key == retriesHeader {
-			if n, err := strconv.ParseUint(string(h.Value), 10, 16); err == nil {
+			if n, err := strconv.Atoi(string(h.Value)); err == nil {
 				return n
 			}
 		}
@@ -171,7 +167,7 @@ func (q *Queue) track(r *kgo.Record) *taken {
 	}
 	ps.taken = append(ps.taken, r.Offset)
 	q.next++
-	t := &taken{rec: r, tok: recordRetries(r)<<retriesShift | q.next}
+	t := &taken{rec: r, id: q.next}
 	q.held[q.next] = t
 	return t
 }
@@ -181,27 +177,16 @@ func (q *Queue) message(t *taken) *engine.Message {
 	m := engine.GetMessage()
 	m.SetRaw(t.rec.Value)
 	m.TakenAt = time.Now().UnixNano()
-	m.Token = t.tok
+	m.Token = t.id
+	m.SourceRetries = recordRetries(t.rec)
 	return m
-}
-
-// Decoder wraps an entry decoder: the retry count is the retry record's, or the entry's own when
-// that is higher.
-func Decoder(decode engine.Decoder) engine.Decoder {
-	return func(m *engine.Message) error {
-		err := decode(m)
-		if r := int(m.Token >> retriesShift); r > m.Retries {
-			m.Retries = r
-		}
-		return err
-	}
 }
 
 // Ack implements engine.Source: the record is settled, and the partition's committed offset
 // moves up to the first record not yet settled.
 func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
 	q.mu.Lock()
-	id := m.Token & (1<<retriesShift - 1)
+	id := m.Token
 	t, ok := q.held[id]
 	if !ok {
 		q.mu.Unlock()
@@ -265,7 +250,7 @@ func (q *Queue) Release(ctx context.Context, ms []*engine.Message) error {
 	defer q.mu.Unlock()
 	var back []*taken
 	for _, m := range ms {
-		if t, ok := q.held[m.Token&(1<<retriesShift-1)]; ok {
+		if t, ok := q.held[m.Token]; ok {
 			back = append(back, t)
 		}
 	}

@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/acapy/acapytest"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -34,8 +34,7 @@ func TestConformance(t *testing.T) {
 		}
 		t.Cleanup(producer.Close)
 		ctx := context.Background()
-		return &enginetest.Queue{
-			Entry: func(payload []byte) []byte { return acapy.AppendOutbound(nil, "http://receiver/", nil, payload) },
+		return acapytest.Queue(&enginetest.Queue{
 			Produce: func(t testing.TB, entries [][]byte) {
 				recs := make([]*kgo.Record, len(entries))
 				for i, e := range entries {
@@ -45,42 +44,29 @@ func TestConformance(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			Decode: Decoder(acapy.DecodeOutbound),
 			Open: func(t testing.TB) (engine.Source, func()) {
 				q, err := Open(o)
 				if err != nil {
 					t.Fatal(err)
 				}
-				var once sync.Once
-				crash := func() { once.Do(q.Close) } // leaves the group; nothing more is committed
-				if tt, ok := t.(*testing.T); ok {
-					tt.Cleanup(crash)
-				}
-				return q, crash
-			},
-			Dead: func(t testing.TB) []enginetest.DeadEntry {
-				cl, err := kgo.NewClient(kgo.SeedBrokers(o.Seeds...), kgo.ConsumeTopics(o.DeadTopic),
-					kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer cl.Close()
-				var out []enginetest.DeadEntry
-				for range 3 {
-					pctx, cancel := context.WithTimeout(ctx, time.Second)
-					cl.PollFetches(pctx).EachRecord(func(r *kgo.Record) {
-						d, err := acapy.ParseDeadLetter(r.Value)
-						if err != nil {
-							t.Fatal(err)
-						}
-						out = append(out, enginetest.DeadEntry{Raw: d.Raw, Reason: d.Reason})
-					})
-					cancel()
-				}
-				return out
+				return q, enginetest.Crash(t, q.Close) // leaves the group; nothing more is committed
 			},
 			Ordered:   true,
 			Redeliver: 8 * time.Second, // the group's rebalance once the crashed member has left
-		}
+		}, func(t testing.TB) [][]byte {
+			cl, err := kgo.NewClient(kgo.SeedBrokers(o.Seeds...), kgo.ConsumeTopics(o.DeadTopic),
+				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			var raw [][]byte
+			for range 3 {
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				cl.PollFetches(pctx).EachRecord(func(r *kgo.Record) { raw = append(raw, r.Value) })
+				cancel()
+			}
+			return raw
+		})
 	})
 }

@@ -52,10 +52,6 @@ type Queue struct {
 	held sync.Map // token -> jetstream.Msg, while the message is unsettled
 }
 
-// Token layout: the low bits number the taken message, the high bits carry the retry count of a
-// republished retry, which Decoder reads.
-const retriesShift = 40
-
 // Header names of a republished retry.
 const (
 	retriesHeader   = "X-Herald-Retries"
@@ -116,9 +112,9 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		m := engine.GetMessage()
 		m.SetRaw(msg.Data())
 		m.TakenAt = time.Now().UnixNano()
-		token := q.next.Add(1)
-		m.Token = uint64(retries)<<retriesShift | token
-		q.held.Store(token, msg)
+		m.SourceRetries = retries
+		m.Token = q.next.Add(1)
+		q.held.Store(m.Token, msg)
 		dst = append(dst, m)
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
@@ -127,20 +123,8 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 	return dst, nil
 }
 
-// Decoder wraps an entry decoder: the retry count is the one a republished retry carries, or the
-// entry's own when that is higher (an entry moved here from a Redis retry set).
-func Decoder(decode engine.Decoder) engine.Decoder {
-	return func(m *engine.Message) error {
-		err := decode(m)
-		if r := int(m.Token >> retriesShift); r > m.Retries {
-			m.Retries = r
-		}
-		return err
-	}
-}
-
 func (q *Queue) settle(m *engine.Message) (jetstream.Msg, error) {
-	v, ok := q.held.LoadAndDelete(m.Token & (1<<retriesShift - 1))
+	v, ok := q.held.LoadAndDelete(m.Token)
 	if !ok {
 		return nil, fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
 	}
@@ -173,7 +157,7 @@ func (q *Queue) Retry(ctx context.Context, m *engine.Message, retries int, delay
 // DeadLetter implements engine.Source: the dead letter is published (and stored) first, then the
 // message terminated, so that a crash between the two duplicates the dead letter, never loses it.
 func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Failure) error {
-	v, ok := q.held.Load(m.Token & (1<<retriesShift - 1))
+	v, ok := q.held.Load(m.Token)
 	if !ok {
 		return fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
 	}
@@ -181,7 +165,7 @@ func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Fail
 	if _, err := q.js.Publish(ctx, q.o.DeadSubject, entry); err != nil {
 		return err
 	}
-	q.held.Delete(m.Token & (1<<retriesShift - 1))
+	q.held.Delete(m.Token)
 	return v.(jetstream.Msg).Term()
 }
 

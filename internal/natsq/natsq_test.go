@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/acapy/acapytest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -56,8 +56,7 @@ func TestConformance(t *testing.T) {
 			_ = js.DeleteStream(context.Background(), o.DeadStream)
 			admin.Close()
 		})
-		return &enginetest.Queue{
-			Entry: func(payload []byte) []byte { return acapy.AppendOutbound(nil, "http://receiver/", nil, payload) },
+		return acapytest.Queue(&enginetest.Queue{
 			Produce: func(t testing.TB, entries [][]byte) {
 				for _, e := range entries {
 					if err := producer.Publish(ctx, e); err != nil {
@@ -65,37 +64,22 @@ func TestConformance(t *testing.T) {
 					}
 				}
 			},
-			Decode: Decoder(acapy.DecodeOutbound),
 			Open: func(t testing.TB) (engine.Source, func()) {
 				nc := connect(t)
 				q, err := Open(ctx, nc, o)
 				if err != nil {
 					t.Fatal(err)
 				}
-				var once sync.Once
-				crash := func() { once.Do(nc.Close) } // unacknowledged messages come back after AckWait
-				if tt, ok := t.(*testing.T); ok {
-					tt.Cleanup(crash)
-				}
-				return q, crash
-			},
-			Dead: func(t testing.TB) []enginetest.DeadEntry {
-				raw, err := producer.DeadLetters(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var out []enginetest.DeadEntry
-				for _, r := range raw {
-					d, err := acapy.ParseDeadLetter(r)
-					if err != nil {
-						t.Fatal(err)
-					}
-					out = append(out, enginetest.DeadEntry{Raw: d.Raw, Reason: d.Reason})
-				}
-				return out
+				return q, enginetest.Crash(t, nc.Close) // unacknowledged messages come back after AckWait
 			},
 			Ordered:   true,
 			Redeliver: 3 * time.Second,
-		}
+		}, func(t testing.TB) [][]byte {
+			raw, err := producer.DeadLetters(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return raw
+		})
 	})
 }

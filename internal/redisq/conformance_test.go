@@ -11,6 +11,7 @@ import (
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/acapy/acapytest"
 	"github.com/heraldhq/herald/internal/redistest"
 	"github.com/redis/rueidis"
 )
@@ -37,8 +38,7 @@ func TestConformance(t *testing.T) {
 
 func conformanceQueue(c rueidis.Client, prefix string) *enginetest.Queue {
 	keys := NewKeys(prefix+"_outbound", prefix+"_outbound_retry", "")
-	return &enginetest.Queue{
-		Entry: func(payload []byte) []byte { return acapy.AppendOutbound(nil, "http://receiver/", nil, payload) },
+	return acapytest.Queue(&enginetest.Queue{
 		Produce: func(t testing.TB, entries [][]byte) {
 			els := make([]string, len(entries))
 			for i, e := range entries {
@@ -48,7 +48,6 @@ func conformanceQueue(c rueidis.Client, prefix string) *enginetest.Queue {
 				t.Fatal(err)
 			}
 		},
-		Decode: acapy.DecodeOutbound,
 		Open: func(t testing.TB) (engine.Source, func()) {
 			q := New(c, Options{Keys: keys, Mode: AtLeastOnce, Lease: time.Second, Log: quiet,
 				EncodeRetry: acapy.AppendRetryMember,
@@ -60,29 +59,19 @@ func conformanceQueue(c rueidis.Client, prefix string) *enginetest.Queue {
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() { defer wg.Done(); q.Run(ctx) }()
-			var once sync.Once
-			crash := func() { once.Do(func() { cancel(); wg.Wait() }) }
-			if tt, ok := t.(*testing.T); ok {
-				tt.Cleanup(crash)
-			}
-			return q, crash
-		},
-		Dead: func(t testing.TB) []enginetest.DeadEntry {
-			raw, err := c.Do(context.Background(), c.B().Lrange().Key(keys.Dead).Start(0).Stop(-1).Build()).AsStrSlice()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out []enginetest.DeadEntry
-			for _, r := range raw {
-				d, err := acapy.ParseDeadLetter([]byte(r))
-				if err != nil {
-					t.Fatalf("dead-letter entry %q: %v", r, err)
-				}
-				out = append(out, enginetest.DeadEntry{Raw: d.Raw, Reason: d.Reason})
-			}
-			return out
+			return q, enginetest.Crash(t, func() { cancel(); wg.Wait() })
 		},
 		Ordered:   true,
 		Redeliver: 3 * time.Second, // the 1 s lease, then the next reaper pass of a live instance
-	}
+	}, func(t testing.TB) [][]byte {
+		raw, err := c.Do(context.Background(), c.B().Lrange().Key(keys.Dead).Start(0).Stop(-1).Build()).AsStrSlice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make([][]byte, len(raw))
+		for i, r := range raw {
+			out[i] = []byte(r)
+		}
+		return out
+	})
 }
