@@ -59,20 +59,24 @@ func TestHandle(t *testing.T) {
 	defer stop()
 	go r.readResponses(rctx, "acapy_inbound_direct_resp")
 	rr := []byte(strings.TrimSuffix(string(body), "}") + `, "~transport": {"return_route": "all"}}`)
-	go func() {
-		kv, err := c.Do(ctx, c.B().Blpop().Key("acapy_inbound_KeyA").Timeout(5).Build()).AsStrSlice()
-		if err != nil {
-			return
-		}
-		txn := kv[1][strings.Index(kv[1], `"txn_id": "`)+11:]
-		txn = txn[:strings.IndexByte(txn, '"')]
-		_ = c.Do(ctx, c.B().Rpush().Key("acapy_inbound_direct_resp").Element(
-			`{"txn_id": "`+txn+`", "response_data": {"response": "eyJvayI6IHRydWV9", "content-type": "application/json"}}`).Build()).Error()
-	}()
+	go answerOK(ctx, c)
 	res := r.Handle(ctx, rr, acapy.TransportHTTP)
 	if res.Status != 200 || res.Response == nil || string(res.Response.Body) != `{"ok": true}` {
 		t.Fatalf("direct response: %+v", res)
 	}
+}
+
+// answerOK plays ACA-Py answering the message queued for KeyA with the direct response {"ok": true}
+// on the plugin's default list.
+func answerOK(ctx context.Context, c rueidis.Client) {
+	kv, err := c.Do(ctx, c.B().Blpop().Key("acapy_inbound_KeyA").Timeout(5).Build()).AsStrSlice()
+	if err != nil {
+		return
+	}
+	txn := kv[1][strings.Index(kv[1], `"txn_id": "`)+11:]
+	txn = txn[:strings.IndexByte(txn, '"')]
+	_ = c.Do(ctx, c.B().Rpush().Key("acapy_inbound_direct_resp").Element(
+		`{"txn_id": "`+txn+`", "response_data": {"response": "eyJvayI6IHRydWV9", "content-type": "application/json"}}`).Build()).Error()
 }
 
 // BenchmarkHandle is the relay's per-message cost without HTTP: parsing the packed message, the
@@ -137,16 +141,7 @@ func TestDirectResponseForwardedBetweenRelays(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the subscription is in place
 
 	rr := []byte(strings.TrimSuffix(string(packedBody("KeyA")), "}") + `, "~transport": {"return_route": "all"}}`)
-	go func() {
-		kv, err := c.Do(ctx, c.B().Blpop().Key("acapy_inbound_KeyA").Timeout(5).Build()).AsStrSlice()
-		if err != nil {
-			return
-		}
-		txn := kv[1][strings.Index(kv[1], `"txn_id": "`)+11:]
-		txn = txn[:strings.IndexByte(txn, '"')]
-		_ = c.Do(ctx, c.B().Rpush().Key("acapy_inbound_direct_resp").Element(
-			`{"txn_id": "`+txn+`", "response_data": {"response": "eyJvayI6IHRydWV9", "content-type": "application/json"}}`).Build()).Error()
-	}()
+	go answerOK(ctx, c)
 	res := a.Handle(ctx, rr, acapy.TransportHTTP)
 	if res.Status != 200 || res.Response == nil || string(res.Response.Body) != `{"ok": true}` {
 		t.Fatalf("forwarded direct response: %+v", res)
