@@ -22,13 +22,7 @@ work=$(mktemp -d)
 
 ceiling loadtest/events.js
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-redis_pid=$!
-pids+=($redis_pid)
-rcli() { redis-cli -p "$redis_port" "$@"; }
-for _ in $(seq 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
-rcli ping >/dev/null 2>&1 || { echo "redis-server did not start on :$redis_port:"; tail -5 "$work/redis.log"; exit 1; }
+start_redis
 
 http_port=$(free_port)
 status_port=$(free_port)
@@ -53,15 +47,14 @@ while read -r list; do
   [ -n "$list" ] && entries=$((entries + $(rcli llen "$list")))
 done < <(rcli --scan --pattern 'acapy-*')
 rss=$(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$events_pid/status")
-per_req() { echo "scale=1; $1 * 1000000 / ($requests + 1)" | bc; }
 
 echo
-echo "events load test, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(date -u +%Y-%m-%d):"
+echo "events load test, $(machine):"
 echo "  offered $RATE/s for $DURATION in batches of $BATCH"
 echo "  ceiling (k6 -> do-nothing server): $c_rate requests/s, p99 $c_p99 ms"
 echo "  herald events:                     $rate requests/s, p99 $p99 ms, $failed errors"
 echo "  events / ceiling: rate $(echo "scale=2; $rate / $c_rate" | bc)"
-echo "  CPU per request: k6 $(per_req "$(cat "$work/events.cpu")") µs, herald events $(per_req "$events_cpu") µs, Redis $(per_req "$redis_cpu") µs; peak RSS $rss"
+echo "  CPU per request: k6 $(per_req "$requests" "$(cat "$work/events.cpu")") µs, herald events $(per_req "$requests" "$events_cpu") µs, Redis $(per_req "$requests" "$redis_cpu") µs; peak RSS $rss"
 echo "  counted: k6 sent $requests, entries in Redis $entries (want $((3 * requests)))"
 status=0
 if [ "$k6_status" -ne 0 ]; then

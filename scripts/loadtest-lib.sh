@@ -69,5 +69,23 @@ ceiling() {
   kill "$sink" 2>/dev/null
   wait "$sink" 2>/dev/null
   read -r c_requests c_rate c_p99 _ <<<"$(summary ceiling)"
-  echo "ceiling: $c_requests requests, $c_rate/s, p99 $c_p99 ms, k6 CPU $(echo "scale=1; $(cat "$work/ceiling.cpu") * 1000000 / ($c_requests + 1)" | bc) µs per request"
+  echo "ceiling: $c_requests requests, $c_rate/s, p99 $c_p99 ms, k6 CPU $(per_req "$c_requests" "$(cat "$work/ceiling.cpu")") µs per request"
 }
+
+# start_redis: a fresh redis-server on a free port, nothing persisted; sets redis_port, redis_pid
+# and rcli, the redis-cli for it.
+start_redis() {
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+  redis_pid=$!
+  pids+=("$redis_pid")
+  for _ in $(seq 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
+  rcli ping >/dev/null 2>&1 || { echo "redis-server did not start on :$redis_port:"; tail -5 "$work/redis.log"; exit 1; }
+}
+rcli() { redis-cli -p "$redis_port" "$@"; }
+
+# per_req REQUESTS SECONDS: CPU seconds as microseconds per request.
+per_req() { echo "scale=1; $2 * 1000000 / ($1 + 1)" | bc; }
+
+# machine: cores, CPU model and date, for the record.
+machine() { echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(date -u +%Y-%m-%d)"; }

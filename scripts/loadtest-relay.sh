@@ -29,13 +29,7 @@ work=$(mktemp -d)
 ceiling loadtest/relay.js -e KEYS="$KEYS"
 
 # 2. The relay.
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-redis_pid=$!
-pids+=($redis_pid)
-rcli() { redis-cli -p "$redis_port" "$@"; }
-for _ in $(seq 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
-rcli ping >/dev/null 2>&1 || { echo "redis-server did not start on :$redis_port:"; tail -5 "$work/redis.log"; exit 1; }
+start_redis
 
 # One ACA-Py instance as the plugin registers it (no keys yet), and its last access kept fresh
 # the way a popping instance keeps it: otherwise every message would reassign its keys.
@@ -75,16 +69,15 @@ relay_p99=$(awk -F'[" ]' '/^herald_relay_queue_seconds_bucket/ { le[n] = $2; c[n
   END { for (i = 0; i < n; i++) if (c[i] >= 0.99 * total) { printf "%g ms", le[i] * 1000; exit } }' "$work/metrics")
 scripts=$(rcli info commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha:/ { print $3 }')
 rss=$(awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$relay_pid/status")
-per_req() { echo "scale=1; $1 * 1000000 / ($requests + 1)" | bc; }
 
 echo
-echo "relay load test, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(date -u +%Y-%m-%d):"
+echo "relay load test, $(machine):"
 echo "  offered $RATE/s for $DURATION in batches of $BATCH"
 echo "  ceiling (k6 -> do-nothing server): $c_rate requests/s, p99 $c_p99 ms"
 echo "  herald relay:                      $rate requests/s, p99 $p99 ms, $failed errors"
 echo "  inside the relay, book and queue:  p99 <= $relay_p99 (its histogram)"
 echo "  relay / ceiling: rate $(echo "scale=2; $rate / $c_rate" | bc)"
-echo "  CPU per request: k6 $(per_req "$(cat "$work/relay.cpu")") µs, relay $(per_req "$relay_cpu") µs, Redis $(per_req "$redis_cpu") µs"
+echo "  CPU per request: k6 $(per_req "$requests" "$(cat "$work/relay.cpu")") µs, relay $(per_req "$requests" "$relay_cpu") µs, Redis $(per_req "$requests" "$redis_cpu") µs"
 echo "  bookkeeping script calls: ${scripts:-0} ($(echo "scale=1; $requests / ${scripts:-1}" | bc) messages per call); relay peak RSS $rss"
 echo "  counted: k6 sent $requests, relay queued $queued, entries in Redis $entries, pending counts $pending"
 status=0
