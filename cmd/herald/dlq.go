@@ -51,7 +51,7 @@ func runDLQ(args []string) int {
 	}
 	fs := flag.NewFlagSet("dlq "+action, flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
-	vars := []config.Var{config.DeliverVars[0], config.DeliverVars[1], deadLetterVar()}
+	vars := pickVars(config.DeliverVars, "REDIS_SERVER_URL", "TOPIC_PREFIX", "HERALD_DEAD_LETTER_LIST")
 	env := envFlags(fs, vars)
 	var f dlq.Filter
 	fs.StringVar(&f.Reason, "reason", "", "only entries whose reason contains this (case-insensitive)")
@@ -164,13 +164,18 @@ func runDLQ(args []string) int {
 	return 0
 }
 
-func deadLetterVar() config.Var {
-	for _, v := range config.DeliverVars {
-		if v.Key == "HERALD_DEAD_LETTER_LIST" {
-			return v
+// pickVars returns the variables named keys, in that order, for a command reading only some of a
+// service's settings.
+func pickVars(all []config.Var, keys ...string) []config.Var {
+	out := make([]config.Var, 0, len(keys))
+	for _, k := range keys {
+		for _, v := range all {
+			if v.Key == k {
+				out = append(out, v)
+			}
 		}
 	}
-	return config.Var{Key: "HERALD_DEAD_LETTER_LIST"}
+	return out
 }
 
 func printLine(w io.Writer, it dlq.Item) {
