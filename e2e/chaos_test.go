@@ -52,7 +52,7 @@ func TestChaos(t *testing.T) {
 		{"deliverer SIGKILLed 10 times, cluster", func(t *testing.T) chaosRow { return chaosKill9(t, redistest.Cluster(t, 3).URL()) }},
 		{"Redis (AOF) restarted mid-drain", chaosRedisRestart},
 		{"receiver: 30% 500, 10% too slow, 5% connection closed", chaosFlakyReceiver},
-		{"receiver unreachable, then back", chaosReceiverDown},
+		{"receiver down (connections refused), then back", chaosReceiverDown},
 		{"two deliverers and a reference retry writer", chaosSharedKeys},
 		{"cluster primary restarted mid-drain", chaosClusterPrimaryRestart},
 	}
@@ -210,23 +210,32 @@ func chaosFlakyReceiver(t *testing.T) chaosRow {
 	return settled(t, c, keys, recv, n, 3*time.Minute)
 }
 
-// chaosReceiverDown: the receiver closes every connection for 60 s (15 s in the short run), then
-// answers again; the retries of the reference schedule carry every message over the gap.
+// chaosReceiverDown: the receiver is down (its port refuses connections) for 60 s (15 s in the
+// short run), then back; the retries of the reference schedule carry every message over the gap.
 func chaosReceiverDown(t *testing.T) chaosRow {
 	n := chaosSize(10000, 2000)
 	outage := time.Duration(chaosSize(60, 15)) * time.Second
 	srv := redistest.Standalone(t)
 	c := client(t, srv.URL())
-	recv := newReceiver(t, n)
-	var down sync.Mutex
-	isDown := true
-	recv.Refuse = func(int) (int, bool) { down.Lock(); defer down.Unlock(); return 0, isDown }
+	// Below the ephemeral range (32768 and up), so that no outgoing connection takes the port
+	// while the receiver is down.
+	var recv *fixture.Receiver
+	for recv == nil {
+		r, err := fixture.NewReceiverAt(n, fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(22000)))
+		if err == nil {
+			recv = r
+		}
+	}
+	t.Cleanup(func() { _ = recv.Close() })
+	if err := recv.Down(); err != nil {
+		t.Fatal(err)
+	}
 	keys := fill(t, c, "down", recv, 0, n)
 	start(t, chaosEnv(srv.URL(), "down"), "deliver")
 	time.Sleep(outage)
-	down.Lock()
-	isDown = false
-	down.Unlock()
+	if err := recv.Up(); err != nil {
+		t.Fatalf("the receiver cannot listen on its port again: %v", err)
+	}
 	return settled(t, c, keys, recv, n, 3*time.Minute)
 }
 
