@@ -5,6 +5,7 @@ package status
 
 import (
 	"context"
+	"errors"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
@@ -60,6 +61,13 @@ func New(addr, apiKey string, checks Checks, reg *prometheus.Registry, log *slog
 		WriteTimeout:       60 * time.Second, // a CPU profile streams for up to 30 s
 		IdleTimeout:        60 * time.Second,
 		MaxRequestBodySize: 64 << 10,
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				writeJSON(ctx, fasthttp.StatusRequestEntityTooLarge, `{"detail":"Request body too large"}`)
+				return
+			}
+			writeJSON(ctx, fasthttp.StatusBadRequest, `{"detail":"Malformed request"}`)
+		},
 	}
 	return s
 }

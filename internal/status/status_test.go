@@ -90,3 +90,37 @@ func TestListenAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyComparedByDigest: the key is checked by comparing fixed-length digests in constant time,
+// so a near miss (a prefix, the key and more, another length) is refused like any other.
+func TestKeyComparedByDigest(t *testing.T) {
+	s := New("127.0.0.1:0", "s3cret-key", Checks{Ready: func() bool { return true }, Live: func(context.Context) bool { return true }},
+		prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	for key, want := range map[string]int{"s3cret-key": 200, "s3cret-ke": 403, "s3cret-key!": 403, "S3cret-key": 403, "x": 403, strings.Repeat("s", 200): 403} {
+		if code, _ := get(t, "http://"+s.Addr()+"/status/live", key); code != want {
+			t.Errorf("key %.20q: %d, want %d", key, code, want)
+		}
+	}
+}
+
+// TestBodyLimit: the status listener refuses bodies over 64 KiB before reading them.
+func TestBodyLimit(t *testing.T) {
+	s := New("127.0.0.1:0", "key", Checks{Ready: func() bool { return true }, Live: func(context.Context) bool { return true }},
+		prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	resp, err := http.Post("http://"+s.Addr()+"/status/ready", "text/plain", strings.NewReader(strings.Repeat("x", 100<<10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("100 KiB body: %d, want 413", resp.StatusCode)
+	}
+}
