@@ -5,9 +5,9 @@ package status
 
 import (
 	"context"
-	"errors"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
