@@ -1,7 +1,8 @@
-// Package enginetest is the conformance suite of engine.Source: every broker adapter runs it
-// against a real server, so that "at least once" means the same thing whatever the broker. A
-// test of an adapter gives Run a factory of fresh queues; Run checks ordering, acknowledgment,
-// redelivery after a crash, retry with delay, dead-lettering and release.
+// Package enginetest is the conformance suite of engine.Source and engine.Publisher: every broker
+// adapter runs it against a real server, so that "at least once" means the same thing whatever
+// the broker. A test of an adapter gives Run a factory of fresh queues; Run checks ordering,
+// acknowledgment, redelivery after a crash, retry with delay, dead-lettering, release and
+// backpressure. RunPublisher checks a Publisher's order, keys and buffer ownership.
 package enginetest
 
 import (
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,6 +71,7 @@ func Run(t *testing.T, fresh func(t *testing.T) *Queue) {
 		{"retry_after_delay", retryAfterDelay},
 		{"dead_letter_with_reason", deadLetter},
 		{"release_goes_back_first", releaseFirst},
+		{"backpressure_bounds_what_is_taken", backpressure},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -282,6 +285,76 @@ func releaseFirst(t *testing.T, q *Queue) {
 		}
 		if !slices.Equal(order, released) {
 			t.Fatalf("released %v came back as %v", released, order)
+		}
+	}
+}
+
+// blockingSink holds every delivery until open is closed, counting them.
+type blockingSink struct {
+	open      chan struct{}
+	mu        sync.Mutex
+	delivered map[string]int
+}
+
+func (s *blockingSink) Deliver(m *engine.Message) engine.Result {
+	<-s.open
+	s.mu.Lock()
+	s.delivered[string(m.Payload)]++
+	s.mu.Unlock()
+	return engine.Result{}
+}
+
+// countingObserver counts what the pipeline took and settled.
+type countingObserver struct {
+	engine.NopObserver
+	taken, settled atomic.Int64
+}
+
+func (o *countingObserver) Taken(n int)                           { o.taken.Add(int64(n)) }
+func (o *countingObserver) Settled(engine.Outcome, time.Duration) { o.settled.Add(1) }
+
+// backpressure runs the engine's pipeline over the Source into a sink that stops answering: what
+// the pipeline takes stays bounded by its workers and batches (the rest waits in the broker, not
+// in memory), and once the sink answers again every message is delivered.
+func backpressure(t *testing.T, q *Queue) {
+	const n, workers, batch = 2000, 8, 16
+	produce(t, q, 0, n)
+	src, crash := q.Open(t)
+	defer crash()
+	sink := &blockingSink{open: make(chan struct{}), delivered: map[string]int{}}
+	obs := &countingObserver{}
+	p := &engine.Pipeline{Source: src, Sink: sink, Observer: obs, Workers: workers, Batch: batch,
+		Decode:       func(m *engine.Message) error { return q.Decode(m) },
+		Policy:       engine.RetryPolicy{MaxRetries: 1, Interval: 1},
+		DrainTimeout: 5 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.Run(ctx); close(done) }()
+
+	// The pipeline may hold one batch per worker slot, one in its channel and one being handed
+	// over: workers + 2 batches.
+	const bound = workers + 2*batch
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if got := obs.taken.Load(); got > bound {
+			t.Fatalf("with the sink stalled the pipeline took %d messages, more than %d", got, bound)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if obs.taken.Load() == 0 {
+		t.Fatal("the pipeline took nothing")
+	}
+	close(sink.open)
+	for deadline = time.Now().Add(30 * time.Second); time.Now().Before(deadline) && obs.settled.Load() < n; {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for i := range n {
+		if sink.delivered[string(Body(i))] == 0 {
+			t.Fatalf("message %d not delivered after the sink recovered (%d of %d settled)", i, obs.settled.Load(), n)
 		}
 	}
 }
