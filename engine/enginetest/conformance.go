@@ -345,7 +345,14 @@ func backpressure(t *testing.T, q *Queue) {
 		t.Fatal("the pipeline took nothing")
 	}
 	close(sink.open)
-	for deadline = time.Now().Add(30 * time.Second); time.Now().Before(deadline) && obs.settled.Load() < n; {
+	// Distinct deliveries are counted, not settlements: a broker may redeliver what the stalled
+	// workers held once its ack wait passed, and those duplicates settle too.
+	distinct := func() int {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		return len(sink.delivered)
+	}
+	for deadline = time.Now().Add(30 * time.Second); time.Now().Before(deadline) && distinct() < n; {
 		time.Sleep(20 * time.Millisecond)
 	}
 	cancel()

@@ -449,3 +449,19 @@ func StringMember(obj, scratch []byte, key string) (val, out []byte, ok bool) {
 	}
 	return s, d.scratch, true
 }
+
+// ScalarMember is StringMember that also takes a number or a boolean, as written: the value a key
+// template (a Kafka record key, an AMQP routing key) may name.
+func ScalarMember(obj, scratch []byte, key string) (val, out []byte, ok bool) {
+	raw, err := memberValue(obj, key)
+	if err != nil || len(raw) == 0 {
+		return nil, scratch, false
+	}
+	switch c := raw[0]; {
+	case c == '"':
+		return StringMember(obj, scratch, key)
+	case c == '-' || '0' <= c && c <= '9' || c == 't' || c == 'f':
+		return raw, scratch, true
+	}
+	return nil, scratch, false
+}

@@ -4,12 +4,20 @@
 // out again at once; a retry is republished on a delay queue whose TTL dead-letters it back onto
 // the queue; a dead letter is published, with its reason, through the queue's dead-letter
 // exchange. Every republish waits for the broker's confirm before the original is acknowledged.
+//
+// A Queue opened with Dial owns its connection and replaces it when it is lost: while it is
+// down Take reports an error (the pipeline's source health), and a message taken on a lost
+// connection has already been requeued by the broker, so settling it does nothing and it is
+// delivered again (a duplicate, never a loss). A queue may be bound to a direct exchange with
+// the routing keys it wants, as TeaL's consumers do. Publisher writes to direct exchanges with
+// publisher confirms and reconnects the same way.
 package amqpq
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -22,12 +30,36 @@ import (
 type Options struct {
 	// Queue is the durable queue the entries are on; it is declared when missing.
 	Queue string
+	// Exchange, when set, is a durable direct exchange (declared when missing) the queue is
+	// bound to with each of RoutingKeys: TeaL's <prefix><type> exchanges.
+	Exchange string
+	// RoutingKeys are the keys the queue wants from Exchange; one at least when Exchange is set.
+	// Bindings are only ever added: a key dropped from the list stays bound until someone
+	// unbinds it on the broker.
+	RoutingKeys []string
 	// Prefetch is how many unacknowledged messages the broker sends ahead. Default 256.
 	Prefetch int
 	// EncodeDead appends the dead-letter entry of m.
 	EncodeDead func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte
 	// Instance names this consumer in dead letters.
 	Instance string
+}
+
+func (o Options) check() (Options, error) {
+	switch {
+	case o.Queue == "":
+		return o, errors.New("amqpq: no queue named")
+	case o.Exchange != "" && len(o.RoutingKeys) == 0:
+		return o, fmt.Errorf("amqpq: exchange %s without routing keys: a direct exchange routes to %s only the keys it is bound with", o.Exchange, o.Queue)
+	case o.Exchange == "" && len(o.RoutingKeys) > 0:
+		return o, fmt.Errorf("amqpq: routing keys %q without an exchange to bind %s to", o.RoutingKeys, o.Queue)
+	case o.EncodeDead == nil:
+		return o, errors.New("amqpq: no dead-letter encoder")
+	}
+	if o.Prefetch <= 0 {
+		o.Prefetch = 256
+	}
+	return o, nil
 }
 
 // DeadQueue is where the dead letters of queue are kept, through the exchange DeadExchange.
@@ -44,49 +76,101 @@ func retryQueue(queue string, delay time.Duration) string {
 // retriesHeader carries a republished message's retry count.
 const retriesHeader = "x-herald-retries"
 
+var _ engine.Source = (*Queue)(nil)
+
 // Queue is an engine.Source over one AMQP queue.
 type Queue struct {
-	ch         *amqp.Channel
-	deliveries <-chan amqp.Delivery
-	o          Options
+	o Options
+	l *link
 
-	mu       sync.Mutex
-	held     map[uint64]amqp.Delivery // delivery tag -> delivery, while unsettled
-	declared map[string]bool          // retry queues declared so far
+	mu   sync.Mutex
+	next uint64          // the last token handed out
+	held map[uint64]held // token -> delivery, while unsettled
+}
+
+// held is a delivery and the connection it came on, which says whether settling it still means
+// anything.
+type held struct {
+	d amqp.Delivery
+	s *live
 }
 
 // Open declares the queue, its dead-letter exchange and queue, and starts consuming on a channel
-// of conn. Closing conn (or the process dying) returns every unsettled message to the queue.
+// of conn. It never reconnects: once conn or the channel closes, Take fails (use Dial for a
+// Queue that outlives its connection). Closing conn (or the process dying) returns every
+// unsettled message to the queue.
 func Open(conn *amqp.Connection, o Options) (*Queue, error) {
-	if o.Prefetch <= 0 {
-		o.Prefetch = 256
+	o, err := o.check()
+	if err != nil {
+		return nil, err
 	}
+	q := &Queue{o: o, held: map[uint64]held{}}
+	q.l = newLink("", "queue "+o.Queue, "", nil, q.setup)
+	s, err := q.setup(conn)
+	if err != nil {
+		return nil, err
+	}
+	q.l.watch(s)
+	q.l.start(s)
+	return q, nil
+}
+
+// Dial connects to the broker at url, waiting out a broker that is down until ctx ends, declares
+// the queue and its helpers and starts consuming. The Queue owns its connection: when the
+// connection or its channel is lost it connects, declares and consumes again in the
+// background, logging to log (nil: slog.Default) with the URL's password hidden, until Close.
+func Dial(ctx context.Context, url string, o Options, log *slog.Logger) (*Queue, error) {
+	o, err := o.check()
+	if err != nil {
+		return nil, err
+	}
+	q := &Queue{o: o, held: map[uint64]held{}}
+	name := "herald queue " + o.Queue
+	if o.Instance != "" {
+		name += " (" + o.Instance + ")"
+	}
+	q.l = newLink(url, "queue "+o.Queue, name, log, q.setup)
+	if err := q.l.dial(ctx); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// setup declares the queue, its helpers and its binding on a new channel of conn, then consumes.
+func (q *Queue) setup(conn *amqp.Connection) (*live, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, err
 	}
-	if err := declare(ch, o.Queue); err != nil {
+	s, err := q.consume(conn, ch)
+	if err != nil {
 		_ = ch.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (q *Queue) consume(conn *amqp.Connection, ch *amqp.Channel) (*live, error) {
+	if err := declare(ch, q.o); err != nil {
 		return nil, err
 	}
 	if err := ch.Confirm(false); err != nil {
-		_ = ch.Close()
 		return nil, fmt.Errorf("publisher confirms: %w", err)
 	}
-	if err := ch.Qos(o.Prefetch, 0, false); err != nil {
-		_ = ch.Close()
+	if err := ch.Qos(q.o.Prefetch, 0, false); err != nil {
 		return nil, err
 	}
-	d, err := ch.Consume(o.Queue, o.Instance, false, false, false, false, nil)
+	d, err := ch.Consume(q.o.Queue, q.o.Instance, false, false, false, false, nil)
 	if err != nil {
-		_ = ch.Close()
-		return nil, fmt.Errorf("consuming %s: %w", o.Queue, err)
+		return nil, fmt.Errorf("consuming %s: %w", q.o.Queue, err)
 	}
-	return &Queue{ch: ch, deliveries: d, o: o, held: map[uint64]amqp.Delivery{}, declared: map[string]bool{}}, nil
+	return &live{conn: conn, ch: ch, deliveries: d, decl: newDeclarer(conn)}, nil
 }
 
-// declare makes the queue, the dead-letter exchange and the dead-letter queue exist.
-func declare(ch *amqp.Channel, queue string) error {
+// declare makes the queue, the dead-letter exchange and the dead-letter queue exist, and binds
+// the queue to its exchange.
+func declare(ch *amqp.Channel, o Options) error {
+	queue := o.Queue
 	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("queue %s: %w", queue, err)
 	}
@@ -96,47 +180,81 @@ func declare(ch *amqp.Channel, queue string) error {
 	if _, err := ch.QueueDeclare(DeadQueue(queue), true, false, false, false, nil); err != nil {
 		return fmt.Errorf("queue %s: %w", DeadQueue(queue), err)
 	}
-	return ch.QueueBind(DeadQueue(queue), queue, DeadExchange(queue), false, nil)
+	if err := ch.QueueBind(DeadQueue(queue), queue, DeadExchange(queue), false, nil); err != nil {
+		return fmt.Errorf("binding %s: %w", DeadQueue(queue), err)
+	}
+	if o.Exchange == "" {
+		return nil
+	}
+	if err := ch.ExchangeDeclare(o.Exchange, "direct", true, false, false, false, nil); err != nil {
+		return fmt.Errorf("exchange %s (a durable direct exchange): %w", o.Exchange, err)
+	}
+	for _, k := range o.RoutingKeys {
+		if err := ch.QueueBind(queue, k, o.Exchange, false, nil); err != nil {
+			return fmt.Errorf("binding %s to %s with %q: %w", queue, o.Exchange, k, err)
+		}
+	}
+	return nil
 }
 
 // Take implements engine.Source: it waits up to a second for the first message, then takes
-// what the prefetch window already holds, up to n.
+// what the prefetch window already holds, up to n. While the connection is down it waits the
+// same second for the reconnection, then reports the outage as an error.
 func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
+	start := len(dst)
+	for {
+		s, err := q.l.wait(ctx, t.C)
+		if s == nil {
+			return dst, err
+		}
+		var ended bool
+		dst, ended = q.takeFrom(ctx, s, t.C, dst, n)
+		if !ended || len(dst) > start {
+			return dst, nil
+		}
+	}
+}
+
+// takeFrom takes from s's deliveries; ended says they stopped, because the channel closed or
+// the broker cancelled the consumer (a deleted queue), and s is then given up.
+func (q *Queue) takeFrom(ctx context.Context, s *live, expire <-chan time.Time, dst []*engine.Message, n int) ([]*engine.Message, bool) {
 	start := len(dst)
 	for len(dst)-start < n {
 		var d amqp.Delivery
 		var ok bool
 		if len(dst) == start {
 			select {
-			case d, ok = <-q.deliveries:
-			case <-t.C:
-				return dst, nil
+			case d, ok = <-s.deliveries:
+			case <-expire:
+				return dst, false
 			case <-ctx.Done():
-				return dst, nil
+				return dst, false
 			}
 		} else {
 			select {
-			case d, ok = <-q.deliveries:
+			case d, ok = <-s.deliveries:
 			default:
-				return dst, nil
+				return dst, false
 			}
 		}
 		if !ok {
-			return dst, errors.New("amqpq: the channel closed")
+			q.l.lose(s, errors.New("the deliveries ended"))
+			return dst, true
 		}
 		m := engine.GetMessage()
 		m.SetRaw(d.Body)
 		m.TakenAt = time.Now().UnixNano()
-		m.Token = d.DeliveryTag
 		m.SourceRetries = headerRetries(d)
 		q.mu.Lock()
-		q.held[d.DeliveryTag] = d
+		q.next++
+		m.Token = q.next
+		q.held[m.Token] = held{d: d, s: s}
 		q.mu.Unlock()
 		dst = append(dst, m)
 	}
-	return dst, nil
+	return dst, false
 }
 
 func headerRetries(d amqp.Delivery) int {
@@ -149,29 +267,41 @@ func headerRetries(d amqp.Delivery) int {
 	return 0
 }
 
-func (q *Queue) take(m *engine.Message) (amqp.Delivery, error) {
+// lookup finds what m was taken as; it stays held until forget, so that a settle that failed can
+// be tried again.
+func (q *Queue) lookup(m *engine.Message) (held, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	d, ok := q.held[m.Token]
+	h, ok := q.held[m.Token]
 	if !ok {
-		return d, fmt.Errorf("amqpq: message %d is not held by this consumer", m.Token)
+		return h, fmt.Errorf("amqpq: message %d is not held by this consumer", m.Token)
 	}
-	delete(q.held, m.Token)
-	return d, nil
+	return h, nil
 }
 
-// Ack implements engine.Source.
+func (q *Queue) forget(m *engine.Message) {
+	q.mu.Lock()
+	delete(q.held, m.Token)
+	q.mu.Unlock()
+}
+
+// Ack implements engine.Source. A message of a lost connection is settled at once: the broker
+// has requeued it and will deliver it again.
 func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
-	d, err := q.take(m)
+	h, err := q.lookup(m)
 	if err != nil {
 		return err
 	}
-	return d.Ack(false)
+	if err := h.d.Ack(false); err != nil && !h.s.gone() {
+		return fmt.Errorf("amqpq: ack: %w", err)
+	}
+	q.forget(m)
+	return nil
 }
 
-// publish sends body and waits for the broker's confirm.
-func (q *Queue) publish(ctx context.Context, exchange, key string, body []byte, headers amqp.Table) error {
-	dc, err := q.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false,
+// publish sends body on ch and waits for the broker's confirm.
+func publish(ctx context.Context, ch *amqp.Channel, exchange, key string, body []byte, headers amqp.Table) error {
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false,
 		amqp.Publishing{Body: body, Headers: headers, DeliveryMode: amqp.Persistent})
 	if err != nil {
 		return err
@@ -181,60 +311,101 @@ func (q *Queue) publish(ctx context.Context, exchange, key string, body []byte, 
 		return err
 	}
 	if !ok {
-		return errors.New("amqpq: the broker refused the message (nack)")
+		return errors.New("amqpq: the broker did not confirm the message (nack or lost connection)")
 	}
 	return nil
 }
 
 // Retry implements engine.Source: the entry is republished on the delay queue of its delay,
 // whose TTL dead-letters it back onto the queue, and only then acknowledged here.
+//
+// A message of a lost connection is settled without republishing: the broker has already put
+// the original back, so a copy would make two live messages, each retried and dead-lettered on
+// its own from then on. Skipping costs the delay and one retry count for this attempt (the
+// original comes back at once with its old count), which loses nothing.
 func (q *Queue) Retry(ctx context.Context, m *engine.Message, retries int, delay time.Duration) error {
+	h, err := q.lookup(m)
+	if err != nil {
+		return err
+	}
+	if h.s.gone() {
+		q.forget(m)
+		return nil
+	}
 	delay = max(delay.Round(time.Millisecond), time.Millisecond)
 	name := retryQueue(q.o.Queue, delay)
-	q.mu.Lock()
-	declared := q.declared[name]
-	q.mu.Unlock()
-	if !declared {
-		if _, err := q.ch.QueueDeclare(name, true, false, false, false, amqp.Table{
+	if err := h.s.decl.do(name, func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclare(name, true, false, false, false, amqp.Table{
 			"x-message-ttl":             delay.Milliseconds(),
 			"x-dead-letter-exchange":    "",
 			"x-dead-letter-routing-key": q.o.Queue,
-		}); err != nil {
-			return fmt.Errorf("retry queue %s: %w", name, err)
-		}
-		q.mu.Lock()
-		q.declared[name] = true
-		q.mu.Unlock()
-	}
-	if err := q.publish(ctx, "", name, m.Raw, amqp.Table{retriesHeader: int64(retries)}); err != nil {
+		})
 		return err
+	}); err != nil {
+		return q.republishFailed(m, h, fmt.Errorf("retry queue %s: %w", name, err))
+	}
+	if err := publish(ctx, h.s.ch, "", name, m.Raw, amqp.Table{retriesHeader: int64(retries)}); err != nil {
+		return q.republishFailed(m, h, err)
 	}
 	return q.Ack(ctx, m)
 }
 
+// republishFailed settles m when its connection was lost meanwhile (the original is back in the
+// queue, the copy perhaps too: a duplicate at worst) and reports err otherwise.
+func (q *Queue) republishFailed(m *engine.Message, h held, err error) error {
+	if h.s.gone() {
+		q.forget(m)
+		return nil
+	}
+	return err
+}
+
 // DeadLetter implements engine.Source: the dead letter goes through the dead-letter exchange
-// (confirmed) before the original is acknowledged.
+// (confirmed) before the original is acknowledged. A message of a lost connection is settled
+// without a dead letter, for the reason Retry gives: the original is back and will be
+// dead-lettered when it fails again.
 func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Failure) error {
-	entry := q.o.EncodeDead(nil, m, f, q.o.Instance, time.Now())
-	if err := q.publish(ctx, DeadExchange(q.o.Queue), q.o.Queue, entry, amqp.Table{"x-herald-reason": f.Reason}); err != nil {
+	h, err := q.lookup(m)
+	if err != nil {
 		return err
+	}
+	if h.s.gone() {
+		q.forget(m)
+		return nil
+	}
+	entry := q.o.EncodeDead(nil, m, f, q.o.Instance, time.Now())
+	if err := publish(ctx, h.s.ch, DeadExchange(q.o.Queue), q.o.Queue, entry, amqp.Table{"x-herald-reason": f.Reason}); err != nil {
+		return q.republishFailed(m, h, err)
 	}
 	return q.Ack(ctx, m)
 }
 
 // Release implements engine.Source: the messages go back to the queue, in their order. Messages
 // the prefetch window already holds come out first; closing the channel returns those too.
+// Messages of a lost connection are back already.
 func (q *Queue) Release(ctx context.Context, ms []*engine.Message) error {
 	var errs []error
-	for i := range ms {
-		d, err := q.take(ms[i])
+	for _, m := range ms {
+		h, err := q.lookup(m)
 		if err == nil {
-			err = d.Nack(false, true)
+			if err = h.d.Nack(false, true); err != nil && h.s.gone() {
+				err = nil
+			}
+		}
+		if err == nil {
+			q.forget(m)
 		}
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
+
+// Connected reports whether the queue is being consumed now.
+func (q *Queue) Connected() bool { return q.l.connected() }
+
+// Close stops consuming and reconnecting and closes the channel, and the connection when Dial
+// opened it: every unsettled message returns to the queue. Settling afterwards does nothing.
+func (q *Queue) Close() { q.l.close() }
 
 // Publish appends an entry to queue through the default exchange, confirmed.
 func Publish(ctx context.Context, ch *amqp.Channel, queue string, entry []byte) error {
@@ -270,4 +441,4 @@ func DeadLetters(conn *amqp.Connection, queue string) ([][]byte, error) {
 }
 
 // Declare makes queue and its dead-letter exchange and queue exist, for producers.
-func Declare(ch *amqp.Channel, queue string) error { return declare(ch, queue) }
+func Declare(ch *amqp.Channel, queue string) error { return declare(ch, Options{Queue: queue}) }

@@ -6,6 +6,7 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/heraldhq/herald/engine"
 	"net"
 	"net/url"
 	"os"
@@ -56,6 +57,11 @@ func (s Status) Enabled() bool { return s.Host != "" && s.Port != "" && s.APIKey
 type Deliver struct {
 	Redis  Redis
 	Status Status
+	// Source is where the outbound entries are taken from: Redis (REDIS_SERVER_URL) unless
+	// HERALD_SOURCE names NATS, Kafka or RabbitMQ.
+	Source Broker
+	// PluginFile is the plugin configuration file read, empty for none.
+	PluginFile string
 
 	Mode          string
 	Concurrency   int
@@ -80,6 +86,8 @@ type Deliver struct {
 var DeliverVars = []Var{
 	{"REDIS_SERVER_URL", "(required)", "Redis URL, redis:// or rediss://, user:pass@ optional; a cluster is detected"},
 	{"TOPIC_PREFIX", "acapy", "queues are <prefix>_outbound and <prefix>_outbound_retry"},
+	{"HERALD_SOURCE", "(REDIS_SERVER_URL)", "broker to take outbound entries from: redis://, nats://, kafka://host:port[,host:port], amqp:// (see README: Brokers)"},
+	{"HERALD_PLUGIN_CONFIG", "", "plugin YAML; its herald.source is read when HERALD_SOURCE is unset"},
 	{"STATUS_ENDPOINT_HOST", "", "status server host; served only when HOST, PORT and API_KEY are all set"},
 	{"STATUS_ENDPOINT_PORT", "", "status server port"},
 	{"STATUS_ENDPOINT_API_KEY", "", "value the access_token header must carry"},
@@ -168,6 +176,14 @@ func (r *reader) redis() Redis {
 	return Redis{URL: u, TopicPrefix: prefix}
 }
 
+func (r *reader) broker(key, s string) Broker {
+	b, err := ParseBroker(key, s)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return b
+}
+
 func (r *reader) status() Status {
 	s := Status{
 		Host:   r.str("STATUS_ENDPOINT_HOST", ""),
@@ -224,8 +240,37 @@ func RedactURL(s string) string {
 // LoadDeliver reads and validates the configuration of `herald deliver`.
 func LoadDeliver(env Env) (Deliver, error) {
 	r := &reader{env: env}
+	var plugin Plugin
+	path := r.str("HERALD_PLUGIN_CONFIG", "")
+	if path != "" {
+		p, err := LoadPluginFile(path)
+		if err != nil {
+			return Deliver{}, err
+		}
+		plugin = p
+	}
+	src := r.str("HERALD_SOURCE", plugin.Herald.Source)
+	var source Broker
+	if src != "" {
+		source = r.broker("HERALD_SOURCE", src)
+	}
+	// Redis is needed when it is the source, and in mediator mode (the recipient-key lists).
+	needRedis := source.Kind == "" || source.Kind == KindRedis || r.str("HERALD_MEDIATOR_MODE", "") == "true"
+	var redis Redis
+	if source.Kind == KindRedis && r.str("REDIS_SERVER_URL", "") == "" {
+		redis = Redis{URL: source.URL, TopicPrefix: r.str("TOPIC_PREFIX", "acapy")}
+	} else if needRedis {
+		redis = r.redis()
+	} else {
+		redis = Redis{URL: r.str("REDIS_SERVER_URL", ""), TopicPrefix: r.str("TOPIC_PREFIX", "acapy")}
+	}
+	if source.Kind == "" {
+		source = Broker{Kind: KindRedis, URL: redis.URL, Params: map[string]string{}}
+	}
 	c := Deliver{
-		Redis:        r.redis(),
+		Redis:        redis,
+		Source:       source,
+		PluginFile:   path,
 		Status:       r.status(),
 		Mode:         r.oneOf("HERALD_DELIVERY_MODE", "at-least-once", "at-least-once", "at-most-once"),
 		Concurrency:  r.positive("HERALD_CONCURRENCY", 256),
@@ -397,6 +442,18 @@ type Events struct {
 	// PluginFile is the plugin configuration file read, empty for the defaults.
 	PluginFile string
 
+	// Sink is where routed events are written: Redis unless HERALD_SINK names NATS, Kafka or
+	// RabbitMQ. From, when set, is a broker whose events are routed too (bridge mode).
+	Sink, From Broker
+	// Key is the template of the record key (Kafka) or routing key (RabbitMQ) of every route;
+	// Keys overrides it per route, by the route's template.
+	Key  string
+	Keys map[string]string
+	// ExchangePrefix is put before a route's name to make its RabbitMQ exchange.
+	ExchangePrefix string
+	// NATSStream is the JetStream stream holding the routed subjects, created when missing.
+	NATSStream string
+
 	Listen       string       // address of the ingest listener
 	WebhookURLs  []WebhookURL // where deliver_webhook sends the mapped topics
 	RecordEvents bool         // a webhook POST with a state also makes the acapy::record event
@@ -410,6 +467,12 @@ type Events struct {
 var EventsVars = []Var{
 	{"REDIS_SERVER_URL", "(the plugin's connection_url)", "Redis URL, redis:// or rediss://; overrides redis_queue.connection.connection_url"},
 	{"HERALD_PLUGIN_CONFIG", "", "the plugin's YAML file (redis_queue: connection, inbound, outbound, event), as ACA-Py's --plugin-config; its defaults without one"},
+	{"HERALD_SINK", "(the Redis URL)", "broker the routed events go to: redis://, nats://, kafka://host:port[,...], amqp:// (README: Brokers)"},
+	{"HERALD_FROM", "", "bridge mode: also route the events read from this broker (nats://...?subject=, kafka://...?topic=, amqp://...?queue=, redis://...?list=)"},
+	{"HERALD_KEY", "$wallet_id (Kafka), $state (RabbitMQ)", "template of the Kafka record key or RabbitMQ routing key: $wallet_id, $state, $topic, $category or a payload member"},
+	{"HERALD_KEYS", "", "JSON object: per-route key templates by route template, e.g. {\"callbacks\": \"$state\"}"},
+	{"HERALD_EXCHANGE_PREFIX", "", "RabbitMQ: the exchange of a route is <prefix><route template>"},
+	{"HERALD_NATS_STREAM", "acapy_events", "NATS: the stream holding the routed subjects, created when missing"},
 	{"HERALD_LISTEN", "127.0.0.1:8090", "address of the ingest listener (POST /topic/{topic}/, POST /v1/events)"},
 	{"HERALD_WEBHOOK_URLS", "", "comma-separated admin.webhook_urls (url or url#apikey) for deliver_webhook"},
 	{"HERALD_RECORD_EVENTS", "true", "a webhook POST whose body has a state also makes acapy::record::{topic}::{state}"},
@@ -420,6 +483,16 @@ var EventsVars = []Var{
 	{"STATUS_ENDPOINT_API_KEY", "", "value the access_token header must carry"},
 	{"HERALD_LOG_FORMAT", "text", "text or json"},
 	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
+}
+
+// fromParam is the query parameter a bridge source must have, by kind.
+var fromParam = map[string]string{KindRedis: "list", KindNATS: "subject", KindKafka: "topic", KindAMQP: "queue"}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 // LoadEvents reads and validates the configuration of `herald events`.
@@ -442,11 +515,22 @@ func LoadEvents(env Env) (Events, error) {
 		}
 		c.Plugin, c.PluginFile = p, path
 	}
+	h := c.Plugin.Herald
+	if s := r.str("HERALD_SINK", h.Sink); s != "" {
+		c.Sink = r.broker("HERALD_SINK", s)
+	}
+	if s := r.str("HERALD_FROM", h.From); s != "" {
+		c.From = r.broker("HERALD_FROM", s)
+	}
 	c.Redis.URL = r.str("REDIS_SERVER_URL", "")
 	if c.Redis.URL == "" && c.PluginFile != "" {
 		c.Redis.URL = c.Plugin.ConnectionURL
 	}
 	switch {
+	case c.Sink.Kind != "":
+		// The sink's URL names its broker (a bridge source names its own): REDIS_SERVER_URL
+		// and the file's connection_url are not used.
+		c.Redis.URL = ""
 	case c.Redis.URL == "":
 		r.fail("REDIS_SERVER_URL", "not set, and no plugin configuration names a connection_url")
 	default:
@@ -454,6 +538,41 @@ func LoadEvents(env Env) (Events, error) {
 			r.fail("REDIS_SERVER_URL", "%v", err)
 		}
 	}
+	if c.Sink.Kind == "" {
+		c.Sink = Broker{Kind: KindRedis, URL: c.Redis.URL, Params: map[string]string{}}
+	}
+	if c.Sink.Kind == KindNATS && c.PluginFile == "" {
+		c.Plugin.EventTopicMaps = append([]engine.Route(nil), DefaultNATSEventTopicMaps...)
+	}
+	if c.From.Kind != "" && c.From.Params[fromParam[c.From.Kind]] == "" {
+		r.fail("HERALD_FROM", "a %s source names what to read with ?%s=", c.From.Kind, fromParam[c.From.Kind])
+	}
+	c.Key = r.str("HERALD_KEY", h.Key)
+	if c.Key == "" {
+		switch c.Sink.Kind {
+		case KindKafka:
+			c.Key = "$wallet_id"
+		case KindAMQP:
+			c.Key = "$state"
+		}
+	}
+	c.Keys = h.Keys
+	if s := r.str("HERALD_KEYS", ""); s != "" {
+		c.Keys = nil
+		if err := json.Unmarshal([]byte(s), &c.Keys); err != nil {
+			r.fail("HERALD_KEYS", "want a JSON object of route template to key template: %v", err)
+		}
+	}
+	for route, k := range c.Keys {
+		if _, err := engine.ParseTemplate(k); err != nil {
+			r.fail("HERALD_KEYS", "key template %q of route %q: %v", k, route, err)
+		}
+	}
+	if _, err := engine.ParseTemplate(c.Key); err != nil {
+		r.fail("HERALD_KEY", "template %q: %v", c.Key, err)
+	}
+	c.ExchangePrefix = r.str("HERALD_EXCHANGE_PREFIX", h.ExchangePrefix)
+	c.NATSStream = r.str("HERALD_NATS_STREAM", orDefault(h.NATSStream, "acapy_events"))
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		r.fail("HERALD_LISTEN", "want host:port, got %q", c.Listen)
 	}

@@ -27,9 +27,42 @@ type Plugin struct {
 	WebhookTopicMaps map[string]string
 	DeliverWebhook   bool
 
+	// Herald is the file's herald section: Herald's own settings, which the plugin ignores.
+	Herald HeraldSection
+
 	// Ignored lists what the file holds that the plugin does not read (the plugin ignores it
 	// too), so that the service can log it: a misspelt key is otherwise a silent default.
 	Ignored []string
+}
+
+// HeraldSection is the herald mapping of a plugin file (beside redis_queue): the brokers and
+// keys of Herald's services, each overridden by its environment variable.
+type HeraldSection struct {
+	Source, Sink, From string
+	Key                string
+	Keys               map[string]string
+	ExchangePrefix     string
+	NATSStream         string
+}
+
+// DefaultNATSEventTopicMaps is the default event_topic_maps with a NATS sink: the dotted subjects
+// of ACA-Py's NATS events plugin, one subject tree under acapy.>.
+var DefaultNATSEventTopicMaps = []engine.Route{
+	{Pattern: "^acapy::webhook::(.*)$", Template: "acapy.webhook.$wallet_id"},
+	{Pattern: "^acapy::record::([^:]*)::([^:]*)$", Template: "acapy.record-with-state.$wallet_id"},
+	{Pattern: "^acapy::record::([^:])?", Template: "acapy.record.$wallet_id"},
+	{Pattern: "acapy::basicmessage::received", Template: "acapy.basicmessage.received"},
+	{Pattern: "acapy::problem_report", Template: "acapy.problem_report"},
+	{Pattern: "acapy::ping::received", Template: "acapy.ping.received"},
+	{Pattern: "acapy::ping::response_received", Template: "acapy.ping.response_received"},
+	{Pattern: "acapy::actionmenu::received", Template: "acapy.actionmenu.received"},
+	{Pattern: "acapy::actionmenu::get-active-menu", Template: "acapy.actionmenu.get-active-menu"},
+	{Pattern: "acapy::actionmenu::perform-menu-action", Template: "acapy.actionmenu.perform-menu-action"},
+	{Pattern: "acapy::keylist::updated", Template: "acapy.keylist.updated"},
+	{Pattern: "acapy::revocation-notification::received", Template: "acapy.revocation-notification.received"},
+	{Pattern: "acapy::revocation-notification-v2::received", Template: "acapy.revocation-notification-v2.received"},
+	{Pattern: "acapy::forward::received", Template: "acapy.forward.received"},
+	{Pattern: "acapy::outbound-message::queued_for_delivery", Template: "acapy.outbound-message.queued-for-delivery"},
 }
 
 // DefaultEventTopicMaps is the plugin's default event_topic_maps, in its order.
@@ -109,16 +142,19 @@ func ParsePlugin(b []byte) (Plugin, error) {
 		return p, &Error{Key: "yaml", Reason: "the document is not a mapping"}
 	}
 	var rq *yaml.Node
+	y := yamlReader{p: &p}
 	for i := 0; i+1 < len(root.Content); i += 2 {
-		if strings.ReplaceAll(root.Content[i].Value, "-", "_") == "redis_queue" {
+		switch strings.ReplaceAll(root.Content[i].Value, "-", "_") {
+		case "redis_queue":
 			rq = root.Content[i+1]
+		case "herald":
+			y.herald(root.Content[i+1])
 		}
 	}
 	if rq == nil {
 		p.Ignored = append(p.Ignored, "no redis_queue section: the plugin's defaults apply")
-		return p, nil
+		return p, y.err
 	}
-	y := yamlReader{p: &p}
 	y.each(rq, "redis_queue", false, func(path, key string, v *yaml.Node) {
 		switch key {
 		case "connection":
@@ -176,6 +212,34 @@ func ParsePlugin(b []byte) (Plugin, error) {
 		}
 	})
 	return p, y.err
+}
+
+// herald reads the herald section.
+func (y *yamlReader) herald(n *yaml.Node) {
+	h := &y.p.Herald
+	y.each(n, "herald", false, func(path, key string, v *yaml.Node) {
+		switch key {
+		case "source":
+			h.Source = y.str(v, path)
+		case "sink":
+			h.Sink = y.str(v, path)
+		case "from":
+			h.From = y.str(v, path)
+		case "key":
+			h.Key = y.str(v, path)
+		case "keys":
+			h.Keys = map[string]string{}
+			y.each(v, path, true, func(path, route string, t *yaml.Node) {
+				h.Keys[route] = y.str(t, path)
+			})
+		case "exchange_prefix":
+			h.ExchangePrefix = y.str(v, path)
+		case "nats_stream":
+			h.NATSStream = y.str(v, path)
+		default:
+			y.ignore(path)
+		}
+	})
 }
 
 // yamlReader walks the document, keeping the first error with the path of its key.

@@ -5,6 +5,7 @@ package deliver
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -12,18 +13,23 @@ import (
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/recipkey"
 	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/sink"
 	"github.com/heraldhq/herald/internal/status"
+	"github.com/redis/rueidis"
 )
 
 // Run serves until ctx is cancelled, then drains: started deliveries finish (bounded by the
 // drain timeout), unstarted messages go back to the queue's head. Redis being down at start or
 // later is waited out, never fatal; only a status listener that cannot bind is an error.
 func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
+	if cfg.Source.Kind != config.KindRedis {
+		return runBroker(ctx, cfg, log)
+	}
 	obs := &metrics.Observer{M: metrics.New("deliver")}
 	m := obs.M
 	var queue atomic.Pointer[redisq.Queue]
@@ -63,14 +69,9 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 		"dead_letter", keys.Dead, "mode", mode.String(), "instance", q.Instance(),
 		"concurrency", cfg.Concurrency, "batch", cfg.Batch, "deny_private", cfg.DenyPrivate)
 
-	var out engine.Sink = sink.New(sink.Options{Timeout: cfg.Timeout, MaxConnsPerHost: cfg.Concurrency, DenyPrivate: cfg.DenyPrivate})
-	if cfg.MediatorMode {
-		if err := recipkey.CheckPlacement(ctx, client); err != nil {
-			return err
-		}
-		topic := cfg.Redis.TopicPrefix + "_outbound"
-		out = &recipkey.Mediator{Assigner: recipkey.New(client, cfg.Stale), Topic: topic, Timeout: cfg.Timeout, Next: out}
-		log.Info("mediator mode: packed messages go to the list of their recipient key", "lists", topic+"_<recipient key>")
+	out, err := newSink(ctx, cfg, client, log)
+	if err != nil {
+		return err
 	}
 
 	// The lease is written before the first take so that a crash right after it is visible.
@@ -89,17 +90,7 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	go func() { defer wg.Done(); q.Run(bg) }()
 	go func() { defer wg.Done(); watchDepth(bg, q, m, keys) }()
 
-	p := &engine.Pipeline{
-		Source:       q,
-		Decode:       acapy.DecodeOutbound,
-		Sink:         out,
-		Policy:       engine.RetryPolicy{MaxRetries: acapy.MaxRetries, Interval: 5, Backoff: 0.25, DropExhausted: cfg.DropExhausted},
-		Observer:     obs,
-		Log:          log,
-		Workers:      cfg.Concurrency,
-		Batch:        cfg.Batch,
-		DrainTimeout: cfg.DrainTimeout,
-	}
+	p := pipeline(cfg, q, out, obs, log)
 	obs.SetReady(true)
 	err = p.Run(ctx)
 	obs.SetReady(false)
@@ -111,6 +102,92 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	if cerr := q.Close(cctx); cerr != nil {
 		log.Error("returning unfinished messages failed; they return when the lease expires", "err", cerr)
 	}
+	log.Info("herald deliver stopped")
+	return err
+}
+
+// newSink is the HTTP/WebSocket sink, behind the recipient-key router in mediator mode.
+func newSink(ctx context.Context, cfg config.Deliver, client rueidis.Client, log *slog.Logger) (engine.Sink, error) {
+	var out engine.Sink = sink.New(sink.Options{Timeout: cfg.Timeout, MaxConnsPerHost: cfg.Concurrency, DenyPrivate: cfg.DenyPrivate})
+	if cfg.MediatorMode {
+		if err := recipkey.CheckPlacement(ctx, client); err != nil {
+			return nil, err
+		}
+		topic := cfg.Redis.TopicPrefix + "_outbound"
+		out = &recipkey.Mediator{Assigner: recipkey.New(client, cfg.Stale), Topic: topic, Timeout: cfg.Timeout, Next: out}
+		log.Info("mediator mode: packed messages go to the list of their recipient key", "lists", topic+"_<recipient key>")
+	}
+	return out, nil
+}
+
+func pipeline(cfg config.Deliver, src engine.Source, out engine.Sink, obs engine.Observer, log *slog.Logger) *engine.Pipeline {
+	return &engine.Pipeline{
+		Source:       src,
+		Decode:       acapy.DecodeOutbound,
+		Sink:         out,
+		Policy:       engine.RetryPolicy{MaxRetries: acapy.MaxRetries, Interval: 5, Backoff: 0.25, DropExhausted: cfg.DropExhausted},
+		Observer:     obs,
+		Log:          log,
+		Workers:      cfg.Concurrency,
+		Batch:        cfg.Batch,
+		DrainTimeout: cfg.DrainTimeout,
+	}
+}
+
+// runBroker delivers from NATS, Kafka or RabbitMQ: the same pipeline, sink and policy as from
+// Redis, with retries and dead letters kept the broker's own way (see internal/broker).
+func runBroker(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
+	obs := &metrics.Observer{M: metrics.New("deliver")}
+	var live atomic.Pointer[func(context.Context) bool]
+	stopStatus, err := status.Serve(cfg.Status.Host, cfg.Status.Port, cfg.Status.APIKey, status.Checks{
+		Ready: obs.Ready,
+		Live: func(ctx context.Context) bool {
+			f := live.Load()
+			return f != nil && (*f)(ctx)
+		},
+	}, obs.M.Registry(), log)
+	if err != nil {
+		return err
+	}
+	defer stopStatus()
+
+	var client rueidis.Client
+	if cfg.MediatorMode {
+		if client, err = redisq.Connect(ctx, cfg.Redis.URL, log); err != nil {
+			return nil // cancelled while waiting for Redis
+		}
+		defer client.Close()
+	}
+	out, err := newSink(ctx, cfg, client, log)
+	if err != nil {
+		return err
+	}
+	instance := cfg.Instance
+	if instance == "" {
+		instance = "herald-deliver"
+	}
+	// A delivery may take the timeout and its settling a little more; past AckWait NATS hands
+	// the message to another deliverer.
+	src, err := broker.OpenSource(ctx, cfg.Source, broker.SourceOptions{
+		Queue: cfg.Redis.TopicPrefix + "_outbound", Group: broker.DeliverGroup, Instance: instance,
+		AckWait: 2*cfg.Timeout + 10*time.Second,
+	}, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("HERALD_SOURCE %s: %w", cfg.Source.Redacted(), err)
+	}
+	defer src.Close()
+	f := src.Live
+	live.Store(&f)
+	log.Info("herald deliver starting", append([]any{"source", cfg.Source.Redacted()}, append(src.Names,
+		"concurrency", cfg.Concurrency, "batch", cfg.Batch, "deny_private", cfg.DenyPrivate)...)...)
+
+	p := pipeline(cfg, src, out, obs, log)
+	obs.SetReady(true)
+	err = p.Run(ctx)
+	obs.SetReady(false)
 	log.Info("herald deliver stopped")
 	return err
 }

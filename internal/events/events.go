@@ -19,16 +19,20 @@ import (
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/rueidis"
 )
 
-// Service routes events and writes them to Redis.
+// Service routes events and writes them to a broker.
 type Service struct {
 	cfg     config.Events
-	c       rueidis.Client
+	pub     engine.Publisher
 	router  *engine.Router
+	keys    []*engine.Template // per route, nil when the sink keeps no key
+	prefix  string             // put before a route's destination (a RabbitMQ exchange prefix)
+	outDest string             // where deliver_webhook entries go, and with which key
+	outKey  string
 	webhook map[string]string // event topic -> webhook topic, when deliver_webhook is on
 	log     *slog.Logger
+	m       *metrics.Metrics
 
 	received *prometheus.CounterVec // events by source
 	rejected *prometheus.CounterVec // requests by reason
@@ -61,14 +65,31 @@ func NewRouter(maps []engine.Route) (*engine.Router, error) {
 	return r, nil
 }
 
-// New returns a Service writing through c, with its metrics on m.
-func New(cfg config.Events, c rueidis.Client, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
+// keyVars gives a key template the event's template values and, for any other name, the
+// payload's top-level member of that name (a string or a number), empty when it has none.
+type keyVars struct {
+	ev      *acapy.EventVars
+	payload []byte
+	scratch []byte
+}
+
+func (k *keyVars) Var(name string) ([]byte, bool) {
+	if v, ok := k.ev.Var(name); ok {
+		return v, true
+	}
+	v, scratch, _ := acapy.ScalarMember(k.payload, k.scratch, name)
+	k.scratch = scratch
+	return v, true
+}
+
+// New returns a Service writing through pub, with its metrics on m.
+func New(cfg config.Events, pub engine.Publisher, m *metrics.Metrics, log *slog.Logger) (*Service, error) {
 	router, err := NewRouter(cfg.Plugin.EventTopicMaps)
 	if err != nil {
 		return nil, err
 	}
 	s := &Service{
-		cfg: cfg, c: c, router: router, log: log,
+		cfg: cfg, pub: pub, router: router, log: log, m: m, outDest: cfg.Plugin.OutboundTopic,
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "herald_events_received_total",
 			Help: "Events taken in, by source (webhook: POST /topic/..., events: POST /v1/events)."}, []string{"source"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "herald_events_rejected_requests_total",
@@ -87,6 +108,25 @@ func New(cfg config.Events, c rueidis.Client, m *metrics.Metrics, log *slog.Logg
 	if cfg.Plugin.DeliverWebhook && len(cfg.WebhookURLs) > 0 {
 		s.webhook = cfg.Plugin.WebhookTopicMaps
 	}
+	switch cfg.Sink.Kind {
+	case config.KindKafka, config.KindAMQP:
+		for _, rt := range cfg.Plugin.EventTopicMaps {
+			src := cfg.Key
+			if k, ok := cfg.Keys[rt.Template]; ok {
+				src = k
+			}
+			t, err := engine.ParseTemplate(src)
+			if err != nil {
+				return nil, &config.Error{Key: "HERALD_KEYS", Reason: fmt.Sprintf("route %q: %v", rt.Template, err)}
+			}
+			s.keys = append(s.keys, &t)
+		}
+	}
+	if cfg.Sink.Kind == config.KindAMQP {
+		// Routes name exchanges; the outbound queue is reached through the default exchange.
+		s.prefix = cfg.ExchangePrefix
+		s.outDest, s.outKey = "", cfg.Plugin.OutboundTopic
+	}
 	m.Registry().MustRegister(s.received, s.rejected, s.unrouted, s.webhooks, routed)
 	return s, nil
 }
@@ -97,17 +137,18 @@ type batch struct {
 	events  []acapy.Event
 	strs    []byte // unescaped strings and built topics the events point into
 	payload []byte // the envelope payload of the event being routed
-	arena   []byte // list names and entries
+	arena   []byte // destinations, keys and entries
 	spans   []span
 	matched []int
-	cmds    rueidis.Commands
+	pubs    []engine.Publication
 	vars    acapy.EventVars
+	kv      keyVars
 }
 
-// span locates one RPUSH in the arena.
+// span locates one publication in the arena.
 type span struct {
-	list, entry [2]int
-	route       int // index of the route, -1 for a webhook entry
+	dest, key, entry [2]int
+	route            int // index of the route, -1 for a webhook entry
 }
 
 func (s *Service) getBatch() *batch {
@@ -120,8 +161,9 @@ func (s *Service) getBatch() *batch {
 func (s *Service) putBatch(b *batch) {
 	b.events, b.strs, b.payload, b.arena = b.events[:0], b.strs[:0], b.payload[:0], b.arena[:0]
 	b.spans, b.matched = b.spans[:0], b.matched[:0]
-	clear(b.cmds)
-	b.cmds = b.cmds[:0]
+	clear(b.pubs)
+	b.pubs = b.pubs[:0]
+	b.kv.payload, b.kv.scratch = nil, b.kv.scratch[:0]
 	s.batches.Put(b)
 }
 
@@ -144,11 +186,19 @@ func (s *Service) route(b *batch) error {
 		}
 		for _, r := range b.matched {
 			sp := span{route: r}
-			sp.list[0] = len(b.arena)
+			sp.dest[0] = len(b.arena)
+			b.arena = append(b.arena, s.prefix...)
 			if b.arena, err = s.router.Template(r).Append(b.arena, &b.vars); err != nil {
 				return fmt.Errorf("event %d (%s): %w", i+1, e.Topic, err)
 			}
-			sp.list[1], sp.entry[0] = len(b.arena), len(b.arena)
+			sp.dest[1], sp.key[0] = len(b.arena), len(b.arena)
+			if s.keys != nil {
+				b.kv.ev, b.kv.payload = &b.vars, e.Payload
+				if b.arena, err = s.keys[r].Append(b.arena, &b.kv); err != nil {
+					return fmt.Errorf("event %d (%s): key: %w", i+1, e.Topic, err)
+				}
+			}
+			sp.key[1], sp.entry[0] = len(b.arena), len(b.arena)
 			b.arena = acapy.AppendEnvelope(b.arena, b.payload, e.WalletID)
 			sp.entry[1] = len(b.arena)
 			b.spans = append(b.spans, sp)
@@ -174,45 +224,42 @@ func (s *Service) appendWebhooks(b *batch, e *acapy.Event, webhookTopic string) 
 			h = append(h, engine.Header{Name: []byte("x-api-key"), Value: []byte(w.APIKey)})
 		}
 		sp := span{route: -1}
-		sp.list[0] = len(b.arena)
-		b.arena = append(b.arena, s.cfg.Plugin.OutboundTopic...)
-		sp.list[1], sp.entry[0] = len(b.arena), len(b.arena)
+		sp.dest[0] = len(b.arena)
+		b.arena = append(b.arena, s.outDest...)
+		sp.dest[1], sp.key[0] = len(b.arena), len(b.arena)
+		b.arena = append(b.arena, s.outKey...)
+		sp.key[1], sp.entry[0] = len(b.arena), len(b.arena)
 		b.arena = acapy.AppendOutbound(b.arena, w.URL+"/topic/"+webhookTopic+"/", h, b.payload)
 		sp.entry[1] = len(b.arena)
 		b.spans = append(b.spans, sp)
 	}
 }
 
-// write pushes every entry of b in one pipelined round and reports the first failure. Entries
-// for one list keep the order of the events.
+// write publishes every entry of b in one call (one pipelined round for Redis) and returns once
+// the broker stored them all. Entries for one destination keep the order of the events.
 func (s *Service) write(ctx context.Context, b *batch) error {
 	if len(b.spans) == 0 {
 		return nil
 	}
 	for _, sp := range b.spans {
-		list := rueidis.BinaryString(b.arena[sp.list[0]:sp.list[1]])
-		entry := rueidis.BinaryString(b.arena[sp.entry[0]:sp.entry[1]])
-		b.cmds = append(b.cmds, s.c.B().Rpush().Key(list).Element(entry).Build())
+		b.pubs = append(b.pubs, engine.Publication{
+			Dest: b.arena[sp.dest[0]:sp.dest[1]],
+			Key:  b.arena[sp.key[0]:sp.key[1]],
+			Body: b.arena[sp.entry[0]:sp.entry[1]],
+		})
 	}
-	var first error
-	for i, r := range s.c.DoMulti(ctx, b.cmds...) {
-		if err := r.Error(); err != nil {
-			if first == nil {
-				first = err
-			}
-			continue
-		}
-		if rt := b.spans[i].route; rt >= 0 {
-			s.routed[rt].Inc()
+	if err := s.pub.Publish(ctx, b.pubs); err != nil {
+		s.up.Set(0)
+		return err
+	}
+	s.up.Set(1)
+	for _, sp := range b.spans {
+		if sp.route >= 0 {
+			s.routed[sp.route].Inc()
 		} else {
 			s.webhooks.Inc()
 		}
 	}
-	if first != nil {
-		s.up.Set(0)
-		return first
-	}
-	s.up.Set(1)
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/metrics"
+	"github.com/heraldhq/herald/internal/redisq"
 	"github.com/heraldhq/herald/internal/redistest"
 	"github.com/redis/rueidis"
 )
@@ -52,7 +53,7 @@ func newService(t testing.TB, cfg config.Events) (*Service, rueidis.Client) {
 	if cfg.Plugin.EventTopicMaps == nil {
 		cfg.Plugin = config.DefaultPlugin()
 	}
-	s, err := New(cfg, c, metrics.New("events"), quiet)
+	s, err := New(cfg, redisq.NewPublisher(c), metrics.New("events"), quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +235,7 @@ func BenchmarkRoute(b *testing.B) {
 func TestRedisDownIsNotBadInput(t *testing.T) {
 	srv := redistest.Standalone(t)
 	c := redistest.Client(t, srv.URL())
-	s, err := New(config.Events{Plugin: config.DefaultPlugin()}, c, metrics.New("events"), quiet)
+	s, err := New(config.Events{Plugin: config.DefaultPlugin()}, redisq.NewPublisher(c), metrics.New("events"), quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/service"
 	"github.com/valyala/fasthttp"
@@ -20,8 +21,8 @@ import (
 //	POST /topic/{topic}/   an ACA-Py --webhook-url post: the record JSON, x-wallet-id when multitenant
 //	POST /v1/events        {"topic", "payload", "wallet_id"}, or NDJSON of them
 //
-// 202 with {"events", "pushed", "webhooks"} once Redis has every entry; 400 with the reason when
-// the request is malformed (nothing written); 503 when Redis failed.
+// 202 with {"events", "pushed", "webhooks"} once the broker has every entry; 400 with the reason
+// when the request is malformed (nothing written); 503 when the broker failed.
 func (s *Service) Handler(ctx *fasthttp.RequestCtx) {
 	if !ctx.IsPost() {
 		s.fail(ctx, fasthttp.StatusMethodNotAllowed, "POST /topic/{topic}/ or POST /v1/events")
@@ -98,19 +99,44 @@ type discard struct{}
 
 func (discard) Printf(string, ...any) {}
 
-// Run serves until ctx ends, then lets open requests finish (at most 5 s).
+// Run serves until ctx ends, then lets open requests finish (at most 5 s) and, in bridge mode,
+// started deliveries too.
 func Run(ctx context.Context, cfg config.Events, log *slog.Logger) error {
 	// The topic maps are checked before anything else: a bad pattern is a configuration error.
 	if _, err := NewRouter(cfg.Plugin.EventTopicMaps); err != nil {
 		return err
 	}
-	base, ok, err := service.Start(ctx, "events", cfg.Status, cfg.Redis.URL, log)
-	if !ok {
+	var popts broker.PublisherOptions
+	if cfg.Sink.Kind == config.KindNATS {
+		var templates []string
+		for _, rt := range cfg.Plugin.EventTopicMaps {
+			templates = append(templates, rt.Template)
+		}
+		subjects, err := broker.Subjects(templates)
+		if err != nil {
+			return &config.Error{Key: "event_topic_maps", Reason: err.Error()}
+		}
+		popts = broker.PublisherOptions{NATSStream: cfg.NATSStream, NATSSubjects: subjects}
+	}
+	if cfg.Plugin.DeliverWebhook && len(cfg.WebhookURLs) > 0 {
+		popts.Queues = []string{cfg.Plugin.OutboundTopic}
+	}
+	st, err := service.StartStatus("events", cfg.Status, log)
+	if err != nil {
 		return err
 	}
-	defer base.Close()
-	client, m := base.Client, base.Metrics
-	s, err := New(cfg, client, m, log)
+	defer st.Stop()
+	pub, err := broker.OpenPublisher(ctx, cfg.Sink, popts, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the broker
+		}
+		return fmt.Errorf("HERALD_SINK %s: %w", cfg.Sink.Redacted(), err)
+	}
+	defer pub.Close()
+	st.SetLive(pub.Live)
+	st.Metrics.BrokerUp.Set(1)
+	s, err := New(cfg, pub, st.Metrics, log)
 	if err != nil {
 		return err
 	}
@@ -136,24 +162,34 @@ func Run(ctx context.Context, cfg config.Events, log *slog.Logger) error {
 	}
 	errs := make(chan error, 1)
 	go func() { errs <- srv.Serve(ln) }()
-	base.Listening.Store(true)
+	st.Listening.Store(true)
 	webhookURLs := make([]string, len(cfg.WebhookURLs))
 	for i, w := range cfg.WebhookURLs {
 		webhookURLs[i] = w.URL // the API keys stay out of the log
 	}
-	log.Info("herald events listening", "addr", ln.Addr().String(), "redis", config.RedactURL(cfg.Redis.URL),
+	log.Info("herald events listening", "addr", ln.Addr().String(), "sink", cfg.Sink.Redacted(),
 		"routes", len(cfg.Plugin.EventTopicMaps), "plugin_config", cfg.PluginFile, "deliver_webhook", s.webhook != nil,
 		"webhook_urls", webhookURLs, "outbound_topic", cfg.Plugin.OutboundTopic, "record_events", cfg.RecordEvents)
+
+	bridgeDone := make(chan error, 1)
+	bctx, stopBridge := context.WithCancel(ctx)
+	defer stopBridge()
+	if cfg.From.Kind != "" {
+		go func() { bridgeDone <- s.bridge(bctx, cfg.From) }()
+	} else {
+		close(bridgeDone)
+	}
 
 	select {
 	case <-ctx.Done():
 	case err := <-errs:
 		log.Error("the listener stopped", "err", err)
 	}
-	base.Listening.Store(false)
+	st.Listening.Store(false)
 	log.Info("herald events stopping: no new requests; waiting for open ones (at most 5 s)")
+	stopBridge()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = srv.ShutdownWithContext(sctx)
-	return nil
+	return <-bridgeDone
 }

@@ -18,6 +18,7 @@ import (
 // TestConformance runs the engine's Source suite against a consumer group on franz-go's
 // in-process Kafka cluster (kfake).
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	enginetest.Run(t, func(t *testing.T) *enginetest.Queue {
 		name := fmt.Sprintf("herald-test-%d", rand.Uint64())
 		o := Options{Topic: name, RetryTopic: name + ".retry", DeadTopic: name + ".dead", Group: "deliver", Instance: "conformance",

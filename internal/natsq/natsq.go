@@ -6,6 +6,11 @@
 // letter is published, with its reason, on a subject of its own before the message is terminated.
 // The retry count travels in the message, not in JetStream's delivery count, which a delayed NAK
 // does not always advance.
+//
+// Connect gives the connection these run on: it waits out a server that is not up yet and
+// reconnects for ever. While it is down, Take fails with ErrNotConnected (so that the pipeline
+// reports its source unhealthy) instead of looking like an empty queue, and acknowledgments wait
+// in nats.go's reconnect buffer. Publisher is the engine.Publisher of JetStream subjects.
 package natsq
 
 import (
@@ -98,6 +103,15 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Queue, error) {
 
 // Take implements engine.Source.
 func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {
+	// While disconnected, nats.go buffers the pull request and Fetch ends empty without an error,
+	// so that an outage would pass for an empty queue; and the buffered request, sent after the
+	// reconnect, has the server deliver to an inbox nobody reads any more, which parks those
+	// messages for an ack wait. Failing instead (after a second, as Take may wait) makes the
+	// outage visible and lets the caller back off.
+	if err := awaitConnection(ctx, q.nc, time.Second); err != nil {
+		return dst, err
+	}
+	before := len(dst)
 	batch, err := q.cons.Fetch(n, jetstream.FetchMaxWait(time.Second))
 	if err != nil {
 		return dst, err
@@ -120,6 +134,9 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 		return dst, err
 	}
+	if len(dst) == before && !q.nc.IsConnected() {
+		return dst, ErrNotConnected // the connection dropped during the pull
+	}
 	return dst, nil
 }
 
@@ -131,20 +148,37 @@ func (q *Queue) settle(m *engine.Message) (jetstream.Msg, error) {
 	return v.(jetstream.Msg), nil
 }
 
-// Ack implements engine.Source.
+// Ack implements engine.Source. While the connection is down the ack waits in nats.go's
+// reconnect buffer and is sent once it is back; lost with the process, it costs a redelivery.
 func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
-	msg, err := q.settle(m)
-	if err != nil {
+	v, ok := q.held.Load(m.Token)
+	if !ok {
+		return fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
+	}
+	// The message stays held until the ack is out: the pipeline settles again after an error.
+	if err := v.(jetstream.Msg).Ack(); err != nil {
 		return err
 	}
-	return msg.Ack()
+	q.held.Delete(m.Token)
+	return nil
 }
 
 // Retry implements engine.Source: the entry is republished with its retry count and due time
 // (confirmed by JetStream), then the original acknowledged; a crash between the two delivers
 // it twice, never zero times.
 func (q *Queue) Retry(ctx context.Context, m *engine.Message, retries int, delay time.Duration) error {
-	out := nats.NewMsg(q.o.Subject)
+	// A confirmed publish waiting in the reconnect buffer would be sent once per attempt of the
+	// pipeline's settle loop, each after its caller gave up on it.
+	if !q.nc.IsConnected() {
+		return ErrNotConnected
+	}
+	// Back onto the subject it came from: the queue's subject may be a wildcard (a bridge reading
+	// acapy.events.>), which cannot be published to.
+	v, ok := q.held.Load(m.Token)
+	if !ok {
+		return fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
+	}
+	out := nats.NewMsg(v.(jetstream.Msg).Subject())
 	out.Data = m.Raw
 	out.Header.Set(retriesHeader, strconv.Itoa(retries))
 	out.Header.Set(notBeforeHeader, strconv.FormatInt(time.Now().Add(delay).UnixMilli(), 10))
@@ -161,12 +195,20 @@ func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Fail
 	if !ok {
 		return fmt.Errorf("natsq: message %d is not held by this consumer", m.Token)
 	}
+	if !q.nc.IsConnected() {
+		return ErrNotConnected // as in Retry
+	}
 	entry := q.o.EncodeDead(nil, m, f, q.o.Instance, time.Now())
 	if _, err := q.js.Publish(ctx, q.o.DeadSubject, entry); err != nil {
 		return err
 	}
+	// Held until terminated, as in Ack; a settle repeated after an error duplicates the dead
+	// letter, which is better than a message nobody can settle.
+	if err := v.(jetstream.Msg).Term(); err != nil {
+		return err
+	}
 	q.held.Delete(m.Token)
-	return v.(jetstream.Msg).Term()
+	return nil
 }
 
 // Release implements engine.Source: the messages are handed out again at once, before new ones.
@@ -185,8 +227,12 @@ func (q *Queue) Release(ctx context.Context, ms []*engine.Message) error {
 	return errors.Join(errs...)
 }
 
-// Publish appends an entry to the queue and waits for JetStream to store it.
+// Publish appends an entry to the queue and waits for JetStream to store it. While the
+// connection is down it waits for it until ctx ends, as Publisher.Publish does.
 func (q *Queue) Publish(ctx context.Context, entry []byte) error {
+	if err := awaitConnection(ctx, q.nc, 0); err != nil {
+		return err
+	}
 	_, err := q.js.Publish(ctx, q.o.Subject, entry)
 	return err
 }

@@ -1,6 +1,6 @@
-// Package service starts what every Redis-backed listener service (relay, events) begins with:
-// its metrics, its status listener and its Redis client, in the order that keeps the status
-// endpoints truthful while Redis is still out of reach.
+// Package service starts what every listener service (relay, events) begins with: its metrics,
+// its status listener and its broker connection, in the order that keeps the status endpoints
+// truthful while the broker is still out of reach.
 package service
 
 import (
@@ -15,46 +15,66 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// Base is a started service: /status/ready answers Listening, /status/live whether every Redis
-// node answers PING.
-type Base struct {
+// Status is a started status listener: /status/ready answers Listening, /status/live the check
+// set once the broker is connected (until then the service is not live).
+type Status struct {
 	Metrics *metrics.Metrics
-	Client  rueidis.Client
 	// Listening is set by the service once its listeners accept requests.
 	Listening atomic.Bool
 
-	client     atomic.Pointer[rueidis.Client]
-	stopStatus func()
+	live atomic.Pointer[func(context.Context) bool]
+	stop func()
+}
+
+// StartStatus serves the status endpoints when configured.
+func StartStatus(name string, st config.Status, log *slog.Logger) (*Status, error) {
+	s := &Status{Metrics: metrics.New(name), stop: func() {}}
+	var err error
+	s.stop, err = status.Serve(st.Host, st.Port, st.APIKey, status.Checks{
+		Ready: s.Listening.Load,
+		Live: func(ctx context.Context) bool {
+			f := s.live.Load()
+			return f != nil && (*f)(ctx)
+		},
+	}, s.Metrics.Registry(), log)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// SetLive sets the liveness check.
+func (s *Status) SetLive(f func(context.Context) bool) { s.live.Store(&f) }
+
+// Stop stops the status listener.
+func (s *Status) Stop() { s.stop() }
+
+// Base is a started Redis-backed service: live when every Redis node answers PING.
+type Base struct {
+	*Status
+	Client rueidis.Client
 }
 
 // Start serves the status endpoints (when configured), then connects to Redis, waiting for it
 // until ctx ends. ok is false when ctx ended first: nothing was started that needs stopping
 // beyond Close.
 func Start(ctx context.Context, name string, st config.Status, redisURL string, log *slog.Logger) (b *Base, ok bool, err error) {
-	b = &Base{Metrics: metrics.New(name), stopStatus: func() {}}
-	b.stopStatus, err = status.Serve(st.Host, st.Port, st.APIKey, status.Checks{
-		Ready: b.Listening.Load,
-		Live: func(ctx context.Context) bool {
-			c := b.client.Load()
-			return c != nil && redisq.PingAll(ctx, *c) == nil
-		},
-	}, b.Metrics.Registry(), log)
+	s, err := StartStatus(name, st, log)
 	if err != nil {
 		return nil, false, err
 	}
 	c, err := redisq.Connect(ctx, redisURL, log)
 	if err != nil {
-		b.stopStatus()
+		s.Stop()
 		return nil, false, nil // cancelled while waiting for Redis
 	}
-	b.Client = c
-	b.client.Store(&c)
-	b.Metrics.BrokerUp.Set(1)
-	return b, true, nil
+	s.SetLive(func(ctx context.Context) bool { return redisq.PingAll(ctx, c) == nil })
+	s.Metrics.BrokerUp.Set(1)
+	return &Base{Status: s, Client: c}, true, nil
 }
 
 // Close closes the Redis client and stops the status listener.
 func (b *Base) Close() {
 	b.Client.Close()
-	b.stopStatus()
+	b.Stop()
 }

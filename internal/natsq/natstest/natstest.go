@@ -1,0 +1,191 @@
+// Package natstest runs a real nats-server with JetStream for tests, one process per test on a
+// free loopback port with its store in the test's temporary directory. A server can be stopped
+// and restarted on the same port and store to simulate an outage that loses nothing. The
+// nats-server binary is looked up on PATH, or named by HERALD_NATS_SERVER; without it the test
+// is skipped.
+package natstest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Server is one nats-server process. Its methods are for the test's own goroutine.
+type Server struct {
+	t    testing.TB
+	bin  string
+	port int
+	dir  string
+	log  *syncBuffer
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// Start launches a JetStream-enabled server for t, stopped when t ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := os.Getenv("HERALD_NATS_SERVER")
+	if bin == "" {
+		var err error
+		if bin, err = exec.LookPath("nats-server"); err != nil {
+			t.Skipf("nats-server is not installed (not on PATH, HERALD_NATS_SERVER unset): %v", err)
+		}
+	}
+	// The directory comes first so that its removal, a cleanup of its own, runs after the stop.
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), log: &syncBuffer{}}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("nats-server on port %d, log tail:\n%s", s.port, s.log.tail(30))
+		}
+	})
+	var err error
+	for range 5 { // another process may bind the free port between choosing and using it
+		s.port = freePort(t)
+		if err = s.start(); err == nil {
+			return s
+		}
+	}
+	t.Fatalf("starting nats-server: %v", err)
+	return nil
+}
+
+func freePort(t testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// URL is the server's nats:// URL.
+func (s *Server) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(s.port) }
+
+// StoreDir is where the server keeps its JetStream data.
+func (s *Server) StoreDir() string { return s.dir }
+
+// Stop shuts the server down with SIGTERM, which lets JetStream write its state, and waits until
+// the process is gone. It does nothing when the server is not running.
+func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
+
+// Kill ends the server with SIGKILL, as a crash would: JetStream recovers from its store at the
+// next start, possibly with acknowledgments of the last moments forgotten.
+func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
+
+// Restart starts a stopped server again on the same port and store and waits until JetStream
+// answers.
+func (s *Server) Restart() {
+	s.t.Helper()
+	if s.cmd != nil {
+		s.t.Fatal("natstest: Restart of a server that is running")
+	}
+	var err error
+	for range 20 { // the old listener may linger for a moment
+		if err = s.start(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("restarting nats-server on %s: %v", s.URL(), err)
+}
+
+func (s *Server) signal(sig syscall.Signal) {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(sig)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+	}
+	s.cmd = nil
+}
+
+func (s *Server) start() error {
+	cmd := exec.Command(s.bin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-sd", s.dir)
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	s.cmd, s.exited = cmd, exited
+	if err := s.waitReady(10 * time.Second); err != nil {
+		s.Kill()
+		return fmt.Errorf("%w; log tail:\n%s", err, s.log.tail(10))
+	}
+	return nil
+}
+
+// waitReady waits until JetStream answers a request, not just until the port accepts: after a
+// restart the streams are recovered from the store first.
+func (s *Server) waitReady(limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	var err error
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.exited:
+			return errors.New("nats-server exited")
+		default:
+		}
+		if err = s.ping(); err == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("nats-server not ready after %s: %w", limit, err)
+}
+
+func (s *Server) ping() error {
+	nc, err := nats.Connect(s.URL(), nats.Timeout(time.Second), nats.NoReconnect())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = js.AccountInfo(ctx)
+	return err
+}
+
+// syncBuffer collects the server's output, written by exec's copying goroutine and read by the
+// test's.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) tail(n int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lines := strings.Split(strings.TrimRight(b.b.String(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

@@ -1,0 +1,224 @@
+package natsq
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/engine/enginetest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// testLog logs to t's output until t ends; nats.go's callbacks may still run after that, when
+// writing to it would panic.
+func testLog(t testing.TB) *slog.Logger {
+	w := &testWriter{w: t.Output()}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.w = nil
+		w.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.w == nil {
+		return len(p), nil
+	}
+	return w.w.Write(p)
+}
+
+// dropStream deletes a test's stream at its end.
+func dropStream(t testing.TB, nc *nats.Conn, name string) {
+	t.Cleanup(func() {
+		js, err := jetstream.New(nc)
+		if err == nil {
+			_ = js.DeleteStream(context.Background(), name)
+		}
+	})
+}
+
+// readSubject returns what stream holds on subject, oldest first, waiting up to d for n entries.
+func readSubject(t testing.TB, nc *nats.Conn, stream, subject string, n int, d time.Duration) []enginetest.Stored {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatalf("reading %s: %v", subject, err)
+	}
+	var out []enginetest.Stored
+	for deadline := time.Now().Add(d); len(out) < n && time.Now().Before(deadline); {
+		batch, err := cons.Fetch(n-len(out), jetstream.FetchMaxWait(min(time.Second, max(time.Until(deadline), 100*time.Millisecond))))
+		if err != nil {
+			t.Fatalf("reading %s: %v", subject, err)
+		}
+		for msg := range batch.Messages() {
+			out = append(out, enginetest.Stored{
+				Key:  []byte(msg.Headers().Get(KeyHeader)),
+				Body: slices.Clone(msg.Data()),
+			})
+		}
+	}
+	return out
+}
+
+// TestPublisherConformance runs the engine's Publisher suite against the shared server.
+func TestPublisherConformance(t *testing.T) {
+	enginetest.RunPublisher(t, func(t *testing.T) *enginetest.Target {
+		name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
+		nc, err := Connect(context.Background(), natsURL(), testLog(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		dropStream(t, nc, name)
+		p, err := NewPublisher(context.Background(), nc, PublisherOptions{Stream: name, Subjects: []string{name + ".>"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &enginetest.Target{
+			Publisher: p,
+			Dest:      func(i int) []byte { return fmt.Appendf(nil, "%s.d%d", name, i) },
+			Read: func(t testing.TB, dest []byte, n int, d time.Duration) []enginetest.Stored {
+				return readSubject(t, nc, name, string(dest), n, d)
+			},
+			Keyed: true,
+		}
+	})
+}
+
+// TestPublisherStream: a missing stream is created as asked; an existing one keeps its settings
+// and only gains the subjects it does not cover.
+func TestPublisherStream(t *testing.T) {
+	ctx := context.Background()
+	nc := connect(t)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
+	dropStream(t, nc, name)
+	config := func() jetstream.StreamConfig {
+		t.Helper()
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config
+	}
+	open := func(subjects ...string) {
+		t.Helper()
+		if _, err := NewPublisher(ctx, nc, PublisherOptions{Stream: name, Subjects: subjects}); err != nil {
+			t.Fatalf("NewPublisher(%v): %v", subjects, err)
+		}
+	}
+
+	open(name + ".a")
+	c := config()
+	if !slices.Equal(c.Subjects, []string{name + ".a"}) || c.Retention != jetstream.LimitsPolicy || c.Storage != jetstream.FileStorage {
+		t.Fatalf("created stream: subjects %v, retention %v, storage %v", c.Subjects, c.Retention, c.Storage)
+	}
+
+	c.MaxMsgs = 1000 // an operator's setting, which the publisher must keep
+	c.Subjects = []string{name + ".a", name + ".wild.>"}
+	if _, err := js.UpdateStream(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	open(name+".a", name+".wild.x.y")
+	if c := config(); c.MaxMsgs != 1000 || len(c.Subjects) != 2 {
+		t.Fatalf("covered subjects changed the stream: subjects %v, max msgs %d", c.Subjects, c.MaxMsgs)
+	}
+	open(name+".b", name+".a")
+	want := []string{name + ".a", name + ".wild.>", name + ".b"}
+	if c := config(); c.MaxMsgs != 1000 || !slices.Equal(c.Subjects, want) {
+		t.Fatalf("after adding a subject: subjects %v, max msgs %d; want %v and 1000", c.Subjects, c.MaxMsgs, want)
+	}
+}
+
+func TestSubjectCovers(t *testing.T) {
+	for _, tc := range []struct {
+		pat, sub string
+		want     bool
+	}{
+		{"a.b", "a.b", true},
+		{"a.b", "a.c", false},
+		{"a.b", "a.b.c", false},
+		{"a.b.c", "a.b", false},
+		{"a.*", "a.b", true},
+		{"a.*", "a.*", true},
+		{"a.b", "a.*", false},
+		{"a.*", "a.b.c", false},
+		{"a.*", "a.>", false},
+		{"a.>", "a.b.c", true},
+		{"a.>", "a.*", true},
+		{"a.>", "a.>", true},
+		{"a.>", "a", false},
+		{">", "a", true},
+		{"*.b", "a.>", false},
+	} {
+		if got := subjectCovers(tc.pat, tc.sub); got != tc.want {
+			t.Errorf("subjectCovers(%q, %q) = %v, want %v", tc.pat, tc.sub, got, tc.want)
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":               "nats://127.0.0.1:4222",
+		"nats://herald:s3cret@h:4222":         "nats://herald:xxxxx@h:4222",
+		"nats://t0ken@h:4222":                 "nats://xxxxx@h:4222",
+		"h:4222":                              "nats://h:4222",
+		"nats://u:p@a:4222, tls://u:p@b:4222": "nats://u:xxxxx@a:4222,tls://u:xxxxx@b:4222",
+		"nats://u:p%zz@h:4222":                "(unparsable URL)",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// BenchmarkPublish500 publishes batches of 500 entries of 200 bytes, each batch one round of acks.
+func BenchmarkPublish500(b *testing.B) {
+	nc, err := Connect(context.Background(), natsURL(), testLog(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
+	dropStream(b, nc, name)
+	p, err := NewPublisher(context.Background(), nc, PublisherOptions{Stream: name, Subjects: []string{name}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ps := make([]engine.Publication, 500)
+	for i := range ps {
+		ps[i] = engine.Publication{Dest: []byte(name), Body: make([]byte, 200)}
+	}
+	b.SetBytes(500 * 200)
+	for b.Loop() {
+		if err := p.Publish(context.Background(), ps); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*500)/b.Elapsed().Seconds(), "entries/s")
+}
