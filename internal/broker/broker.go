@@ -92,7 +92,7 @@ func OpenSource(ctx context.Context, b config.Broker, o SourceOptions, log *slog
 		}
 		return &Source{Source: q,
 			Names: []any{"topic", ko.Topic, "retry_topic", ko.RetryTopic, "dead_letter_topic", ko.DeadTopic, "group", ko.Group},
-			Live: func(ctx context.Context) bool { return q.Ping(ctx) == nil },
+			Live:  func(ctx context.Context) bool { return q.Ping(ctx) == nil },
 			Close: func() {
 				// What was settled is committed before leaving; the rest the group hands out again.
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -82,9 +82,9 @@ func TestEventsSinkAndKeys(t *testing.T) {
 		t.Errorf("NATS defaults: %+v %v", c.Plugin.EventTopicMaps, err)
 	}
 	for env, key := range map[string]string{
-		`{"HERALD_SINK": "kafka://k:9092", "HERALD_KEYS": "{"}`:                   "HERALD_KEYS",
-		`{"HERALD_SINK": "kafka://k:9092", "HERALD_KEY": "${x"}`:                  "HERALD_KEY",
-		`{"HERALD_SINK": "nats://n:4222", "HERALD_FROM": "kafka://k:9092"}`:       "HERALD_FROM",
+		`{"HERALD_SINK": "kafka://k:9092", "HERALD_KEYS": "{"}`:                    "HERALD_KEYS",
+		`{"HERALD_SINK": "kafka://k:9092", "HERALD_KEY": "${x"}`:                   "HERALD_KEY",
+		`{"HERALD_SINK": "nats://n:4222", "HERALD_FROM": "kafka://k:9092"}`:        "HERALD_FROM",
 		`{"HERALD_SINK": "nats://n:4222", "HERALD_FROM": "redis://r:6379?list=e"}`: "",
 	} {
 		m := map[string]string{}
