@@ -86,6 +86,9 @@ func OpenSource(ctx context.Context, b config.Broker, o SourceOptions, log *slog
 	case config.KindKafka:
 		ko := kafkaq.Options{Topic: queue, RetryTopic: queue + "_retry", DeadTopic: queue + "_dead", Group: group,
 			Seeds: b.Seeds, Instance: o.Instance, EncodeDead: acapy.EncodeDead}
+		if err := kafkaTopics(ctx, b.Seeds, queue); err != nil {
+			return nil, err
+		}
 		q, err := kafkaq.Open(ko)
 		if err != nil {
 			return nil, err
@@ -208,6 +211,12 @@ func OpenPublisher(ctx context.Context, b config.Broker, o PublisherOptions, log
 		if err != nil {
 			return nil, err
 		}
+		for _, q := range o.Queues {
+			if err := kafkaTopics(ctx, b.Seeds, q); err != nil {
+				p.Close()
+				return nil, err
+			}
+		}
 		return &Publisher{Publisher: p, Live: func(ctx context.Context) bool { return p.Ping(ctx) == nil }, Close: p.Close}, nil
 	case config.KindAMQP:
 		p, err := amqpq.NewPublisher(ctx, b.URL, amqpq.PublisherOptions{}, log)
@@ -270,6 +279,27 @@ func Subjects(templates []string) ([]string, error) {
 		}
 	}
 	return kept, nil
+}
+
+// kafkaTopics creates a queue's topics, its retry and dead-letter topics, waiting for the
+// cluster until ctx ends.
+func kafkaTopics(ctx context.Context, seeds []string, queue string) error {
+	p, err := kafkaq.NewPublisher(kafkaq.PublisherOptions{Seeds: seeds})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	for {
+		err := p.CreateTopics(ctx, queue, queue+"_retry", queue+"_dead")
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // declareAMQP declares the outbound queues as the deliverer does: a message published through

@@ -238,3 +238,13 @@ func (p *Publisher) createTopics(ctx context.Context, topics []string) error {
 
 // Ping reports whether a broker answers, for the service's liveness.
 func (p *Publisher) Ping(ctx context.Context) error { return p.cl.Ping(ctx) }
+
+// CreateTopics makes topics exist (a queue's topic, retry topic and dead-letter topic before its
+// consumers start: a retry produced to a topic that does not exist fails until someone makes it).
+func (p *Publisher) CreateTopics(ctx context.Context, topics ...string) error {
+	ps := make([]engine.Publication, len(topics))
+	for i, t := range topics {
+		ps[i].Dest = []byte(t)
+	}
+	return p.ensureTopics(ctx, ps)
+}
