@@ -6,7 +6,7 @@ BENCH_N ?= 200000
 # Offered rates of the open-loop latency runs (10 s each, plus the floor's 10 s).
 BENCH_RATES ?= 2000,5000,10000,20000
 
-.PHONY: all build demo test vet fmt-check bench bench-check fuzz-check chaos profile services tools loadtest clean
+.PHONY: all build demo test vet fmt-check bench bench-brokers bench-check fuzz-check chaos profile services tools loadtest clean
 
 all: build
 
@@ -34,6 +34,11 @@ test: services fmt-check vet
 bench: services tools
 	HERALD_BENCH_N=$(BENCH_N) HERALD_BENCH_RATES=$(BENCH_RATES) HERALD_BENCH_CHART=$(CURDIR)/bench/latency.svg \
 		$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m ./bench/
+
+# Only the brokers' table (also part of `make bench`): each broker's drain and event routing rate
+# beside Redis's, in one run.
+bench-brokers: services
+	$(GO) test -run '^$$' -bench 'Brokers' -benchtime 1x -count 1 -timeout 20m ./bench/
 
 # CI's performance guard: zero allocations on the hot path, a drain floor, a p99 limit.
 bench-check: services

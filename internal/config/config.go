@@ -541,7 +541,7 @@ func LoadEvents(env Env) (Events, error) {
 	if c.Sink.Kind == "" {
 		c.Sink = Broker{Kind: KindRedis, URL: c.Redis.URL, Params: map[string]string{}}
 	}
-	if c.Sink.Kind == KindNATS && c.PluginFile == "" {
+	if c.Sink.Kind == KindNATS && !c.Plugin.TopicMapsSet {
 		c.Plugin.EventTopicMaps = append([]engine.Route(nil), DefaultNATSEventTopicMaps...)
 	}
 	if c.From.Kind != "" && c.From.Params[fromParam[c.From.Kind]] == "" {

@@ -23,6 +23,8 @@ type Plugin struct {
 	// EventTopicMaps routes topics to list names, in the file's order: every matching pattern
 	// yields a list.
 	EventTopicMaps []engine.Route
+	// TopicMapsSet says the file gave event_topic_maps (a NATS sink's defaults differ).
+	TopicMapsSet bool
 	// WebhookTopicMaps names the webhook topic of an event topic (exact topic, not a pattern).
 	WebhookTopicMaps map[string]string
 	DeliverWebhook   bool
@@ -192,7 +194,7 @@ func ParsePlugin(b []byte) (Plugin, error) {
 			y.each(v, path, false, func(path, k string, v *yaml.Node) {
 				switch k {
 				case "event_topic_maps":
-					p.EventTopicMaps = nil
+					p.EventTopicMaps, p.TopicMapsSet = nil, true
 					y.each(v, path, true, func(path, pattern string, t *yaml.Node) {
 						p.EventTopicMaps = append(p.EventTopicMaps, engine.Route{Pattern: pattern, Template: y.str(t, path)})
 					})

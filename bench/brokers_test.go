@@ -1,0 +1,151 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/broker"
+	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/deliver"
+	"github.com/heraldhq/herald/internal/fixture"
+	"github.com/heraldhq/herald/internal/kafkaq/kafkatest"
+	"github.com/heraldhq/herald/internal/natsq/natstest"
+	"github.com/heraldhq/herald/internal/redistest"
+)
+
+// brokerMessages is how many messages one broker drain delivers (HERALD_BENCH_BROKER_N, default
+// 50,000) and how many events one routing run posts.
+func brokerMessages() int {
+	if n, err := strconv.Atoi(os.Getenv("HERALD_BENCH_BROKER_N")); err == nil && n > 0 {
+		return n
+	}
+	return 50000
+}
+
+// BenchmarkBrokers measures, for Redis and for each other broker in the same run, how fast
+// `herald deliver --source` drains prefilled 300-byte outbound entries into the local receiver,
+// and how fast `herald events` routes NDJSON events into that broker, and prints each beside
+// Redis's. NATS is a server of the benchmark's own (its JetStream store on disk, as the shared
+// one), RabbitMQ the one on 5672, Kafka an in-process kfake cluster, which shares this process's
+// CPU with the in-process deliverer.
+func BenchmarkBrokers(b *testing.B) {
+	bin, err := fixture.BuildHerald(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	rs := redistest.Standalone(b)
+	kinds := []struct {
+		kind string
+		url  string
+	}{
+		{config.KindRedis, rs.URL()},
+		{config.KindNATS, natstest.Start(b).URL()},
+		{config.KindKafka, "kafka://" + kafkatest.Start(b).Addr()},
+		{config.KindAMQP, "amqp://guest:guest@127.0.0.1:5672/"},
+	}
+	n := brokerMessages()
+	drains, routes := map[string]float64{}, map[string]float64{}
+	for _, k := range kinds {
+		b.Run("drain/"+k.kind, func(b *testing.B) { drains[k.kind] = brokerDrain(b, k.kind, k.url, n) })
+		b.Run("events/"+k.kind, func(b *testing.B) { routes[k.kind] = brokerEvents(b, bin, k.kind, k.url, n) })
+	}
+	for _, k := range kinds {
+		fmt.Printf("%-6s drain %7.0f msgs/s (%.2f of Redis); events routed %7.0f events/s (%.2f of Redis)\n",
+			k.kind, drains[k.kind], ratio(drains[k.kind], drains[config.KindRedis]),
+			routes[k.kind], ratio(routes[k.kind], routes[config.KindRedis]))
+	}
+}
+
+// brokerDrain prefills n entries for a fresh queue and times the deliverer emptying it.
+func brokerDrain(b *testing.B, kind, url string, n int) float64 {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	prefix := fmt.Sprintf("bench%d", rand.Uint32())
+	queue := prefix + "_outbound"
+	bk, err := config.ParseBroker("bench", url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	p, err := broker.OpenPublisher(ctx, bk, broker.PublisherOptions{Queues: []string{queue}}, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		recv, err := fixture.NewReceiver(n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dest, key := queue, ""
+		if kind == config.KindAMQP {
+			dest, key = "", queue
+		}
+		if err := fixture.Publish(ctx, p, dest, key, recv.URL()+"/in", 0, n, 300); err != nil {
+			b.Fatal(err)
+		}
+		env := map[string]string{"TOPIC_PREFIX": prefix, "HERALD_SOURCE": url}
+		if kind == config.KindRedis {
+			env = map[string]string{"TOPIC_PREFIX": prefix, "REDIS_SERVER_URL": url}
+		}
+		cfg, err := deliverConfig(env)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		b.StartTimer()
+		start := time.Now()
+		go func() { done <- deliver.Run(runCtx, cfg, log) }()
+		if !recv.WaitAll(5 * time.Minute) {
+			b.Fatalf("%s: %d of %d arrived", kind, recv.Total(), n)
+		}
+		took := time.Since(start)
+		b.StopTimer()
+		total += took
+		stop()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		_, _, dups := recv.Tally()
+		b.Logf("%s: drained %d messages in %s: %.0f msgs/s (%d duplicates)", kind, n, took.Round(time.Millisecond), float64(n)/took.Seconds(), dups)
+		_ = recv.Close()
+	}
+	rate := float64(n*b.N) / total.Seconds()
+	b.ReportMetric(rate, "msgs/s")
+	b.ReportMetric(0, "ns/op")
+	return rate
+}
+
+// brokerEvents runs herald events with the broker as its sink and posts n events to it.
+func brokerEvents(b *testing.B, bin, kind, url string, n int) float64 {
+	env := []string{"HERALD_SINK=" + url}
+	if kind == config.KindRedis {
+		env = []string{"REDIS_SERVER_URL=" + url}
+	}
+	if kind == config.KindNATS {
+		env = append(env, fmt.Sprintf("HERALD_NATS_STREAM=bench%d", rand.Uint32()))
+	}
+	if kind == config.KindAMQP {
+		env = append(env, fmt.Sprintf("HERALD_EXCHANGE_PREFIX=bench%d_", rand.Uint32()))
+	}
+	addr := startEvents(b, bin, env...)
+	total := n / ndjsonBatch * ndjsonBatch
+	var rate float64
+	for i := 0; i < b.N; i++ {
+		took := postNDJSON(b, addr, total)
+		rate = float64(total) / took.Seconds()
+		b.Logf("%s: %d events (%d entries) routed in %s: %.0f events/s", kind, total, 2*total, took.Round(time.Millisecond), rate)
+	}
+	b.ReportMetric(rate, "events/s")
+	b.ReportMetric(0, "ns/op")
+	return rate
+}
