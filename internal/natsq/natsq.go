@@ -1,11 +1,12 @@
 // Package natsq is the NATS JetStream adapter of the engine: a durable pull consumer shared by
-// every deliverer is an at-least-once Source. A message is acknowledged after its delivery; a
-// retry is republished (confirmed) with its retry count and the time it is due, and the original
-// acknowledged; a copy taken before it is due goes back with a NAK for the time that remains; a
-// crash leaves messages unacknowledged and JetStream redelivers them after the ack wait; a dead
-// letter is published, with its reason, on a subject of its own before the message is terminated.
-// The retry count travels in the message, not in JetStream's delivery count, which a delayed NAK
-// does not always advance.
+// every deliverer is an at-least-once Source. Each deliverer keeps pull requests for a few batches
+// outstanding, so that taking does not wait for a round trip to the server. A message is
+// acknowledged after its delivery; a retry is republished (confirmed) with its retry count and
+// the time it is due, and the original acknowledged; a copy taken before it is due goes back with
+// a NAK for the time that remains; a crash leaves messages unacknowledged and JetStream
+// redelivers them after the ack wait; a dead letter is published, with its reason, on a subject
+// of its own before the message is terminated. The retry count travels in the message, not in
+// JetStream's delivery count, which a delayed NAK does not always advance.
 //
 // Connect gives the connection these run on: it waits out a server that is not up yet and
 // reconnects for ever. While it is down, Take fails with ErrNotConnected (so that the pipeline
@@ -53,9 +54,31 @@ type Queue struct {
 	cons jetstream.Consumer
 	o    Options
 
+	mu sync.Mutex // guards iter, reconnects and unwatch
+	// iter pulls ahead of Take: it keeps pull requests outstanding so that the next messages are
+	// on their way while the previous ones are delivered, instead of one round trip per Take.
+	// Started by the first Take, so that a Queue opened only to publish holds no messages.
+	iter jetstream.MessagesContext
+	// reconnects is the connection's reconnect count when iter started: after a reconnect,
+	// iter asks for a full window again while what it buffered is still there, more than its
+	// buffer holds, and nats.go drops the excess as a slow consumer.
+	reconnects uint64
+	unwatch    func() bool // ends the watch on the context of the Take that started iter
+
 	next atomic.Uint64
 	held sync.Map // token -> jetstream.Msg, while the message is unsettled
 }
+
+// Prefetch bounds: messages buffered ahead of Take count against AckWait while they wait, so the
+// window stays a few batches, enough to cover a pull round trip at full speed.
+const (
+	minPrefetch = 64
+	maxPrefetch = 256
+)
+
+// takeLinger is how long Take waits for another message once it has one: long enough for the
+// rest of a pull already on the wire, short enough not to hold back what it has.
+const takeLinger = 200 * time.Microsecond
 
 // Header names of a republished retry.
 const (
@@ -103,20 +126,37 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Queue, error) {
 
 // Take implements engine.Source.
 func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {
-	// While disconnected, nats.go buffers the pull request and Fetch ends empty without an error,
-	// so that an outage would pass for an empty queue; and the buffered request, sent after the
-	// reconnect, has the server deliver to an inbox nobody reads any more, which parks those
-	// messages for an ack wait. Failing instead (after a second, as Take may wait) makes the
-	// outage visible and lets the caller back off.
+	// While disconnected, an outage would pass for an empty queue: nats.go keeps pull requests
+	// for the reconnect and Next just times out. Failing instead (after a second, as Take may
+	// wait) makes the outage visible and lets the caller back off.
 	if err := awaitConnection(ctx, q.nc, time.Second); err != nil {
 		return dst, err
 	}
-	before := len(dst)
-	batch, err := q.cons.Fetch(n, jetstream.FetchMaxWait(time.Second))
+	it, err := q.iterator(ctx, n)
 	if err != nil {
 		return dst, err
 	}
-	for msg := range batch.Messages() {
+	before := len(dst)
+	first, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	for len(dst)-before < n {
+		opt := jetstream.NextContext(first)
+		if len(dst) > before {
+			opt = jetstream.NextMaxWait(takeLinger)
+		}
+		msg, err := it.Next(opt)
+		if err != nil {
+			if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				break
+			}
+			// The iterator is done for (connection closed, consumer deleted): the next Take
+			// starts another.
+			q.retire(it)
+			if len(dst) > before {
+				break
+			}
+			return dst, err
+		}
 		retries, due := headers(msg)
 		if wait := time.Until(due); wait > 0 {
 			// A retry taken early: back to JetStream until it is due.
@@ -131,13 +171,76 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 		q.held.Store(m.Token, msg)
 		dst = append(dst, m)
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-		return dst, err
-	}
 	if len(dst) == before && !q.nc.IsConnected() {
 		return dst, ErrNotConnected // the connection dropped during the pull
 	}
 	return dst, nil
+}
+
+// iterator returns the pulling iterator, starting one sized for takes of n when there is none or
+// the connection was re-established since. It stops pulling when ctx, the context of the Take
+// that started it (a pipeline's run), ends.
+func (q *Queue) iterator(ctx context.Context, n int) (jetstream.MessagesContext, error) {
+	reconnects := q.nc.Stats().Reconnects
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.iter != nil {
+		if q.reconnects == reconnects {
+			return q.iter, nil
+		}
+		q.stopIterator()
+	}
+	it, err := q.cons.Messages(
+		jetstream.PullMaxMessages(min(max(4*n, minPrefetch), maxPrefetch)),
+		// A silent server is the connection's to notice (its pings); the iterator just pulls
+		// again.
+		jetstream.WithMessagesErrOnMissingHeartbeat(false))
+	if err != nil {
+		return nil, err
+	}
+	q.iter, q.reconnects = it, reconnects
+	q.unwatch = context.AfterFunc(ctx, func() { q.retire(it) })
+	return it, nil
+}
+
+// retire stops it unless another iterator replaced it already.
+func (q *Queue) retire(it jetstream.MessagesContext) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.iter == it {
+		q.stopIterator()
+	}
+}
+
+// stopIterator stops the current iterator; q.mu is held.
+func (q *Queue) stopIterator() {
+	q.unwatch()
+	it := q.iter
+	q.iter, q.unwatch = nil, nil
+	q.giveBack(it)
+}
+
+// giveBack stops it pulling and NAKs what it buffered and nobody took, so that those messages
+// go out again at once rather than after the ack wait. Messages still on the wire when it stops
+// come back after the ack wait.
+func (q *Queue) giveBack(it jetstream.MessagesContext) {
+	it.Drain()
+	gave := false
+	for {
+		msg, err := it.Next(jetstream.NextMaxWait(20 * time.Millisecond))
+		if err != nil {
+			break
+		}
+		if _, due := headers(msg); time.Until(due) > 0 {
+			_ = msg.NakWithDelay(time.Until(due))
+		} else {
+			_ = msg.Nak()
+		}
+		gave = true
+	}
+	if gave && q.nc.IsConnected() {
+		_ = q.nc.FlushTimeout(time.Second)
+	}
 }
 
 func (q *Queue) settle(m *engine.Message) (jetstream.Msg, error) {
@@ -211,7 +314,8 @@ func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Fail
 	return nil
 }
 
-// Release implements engine.Source: the messages are handed out again at once, before new ones.
+// Release implements engine.Source: the messages are handed out again at once, after those this
+// consumer pulled already and before the rest.
 func (q *Queue) Release(ctx context.Context, ms []*engine.Message) error {
 	var errs []error
 	for _, m := range ms {

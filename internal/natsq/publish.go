@@ -1,11 +1,16 @@
 package natsq
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
@@ -17,13 +22,10 @@ import (
 const KeyHeader = "Herald-Key"
 
 const (
-	// pubWindow bounds the acks one Publish call waits for at a time: a batch of a few hundred
-	// goes out in one round trip, a huge one does not fill nats.go's table of pending acks.
+	// pubWindow bounds the entries of one Publish call awaiting their ack: a batch of a few
+	// hundred goes out in one round trip, a huge one does not flood the server.
 	pubWindow = 1024
-	// pubMaxPending is that table's size, shared by every concurrent Publish.
-	pubMaxPending = 8 * pubWindow
-	// pubAckTimeout fails an ack that never comes, for a caller without a deadline, and frees
-	// the slots of acks abandoned by callers whose context ended.
+	// pubAckTimeout fails a call whose acks stopped coming, for a caller without a deadline.
 	pubAckTimeout = 30 * time.Second
 )
 
@@ -37,17 +39,33 @@ type PublisherOptions struct {
 }
 
 // Publisher is an engine.Publisher over JetStream: a Publication's Dest is the subject. It
-// publishes asynchronously and waits for every ack, so a batch costs one round trip.
+// publishes a batch without waiting and then collects JetStream's acks, so a batch costs one
+// round trip.
+//
+// It does without nats.go's asynchronous JetStream publishing, which gives every message a reply
+// subject of its own for the server to route its ack to, and costs the client a JSON decode, a
+// timer and a future per ack (together about a quarter more server CPU and three times the client
+// CPU per entry, measured on a batch of 2,000): here every message of a call has the call's
+// reply subject, and an ack is only counted, since a call succeeds when all its entries are
+// stored and fails as a whole otherwise. Nor is a publish answered with "no responders" retried,
+// as nats.go would, later, storing it after the entries that followed it: the call fails, which
+// keeps the order, and the caller's retry duplicates instead.
 type Publisher struct {
 	nc *nats.Conn
 	js jetstream.JetStream
+
+	inbox string // the acks of call id come to inbox.id
+	next  atomic.Uint64
+	mu    sync.Mutex
+	// calls holds, for each call waiting for acks, the channel its acks arrive on (nil for an
+	// entry stored). It has room for a window, the most a call has unacknowledged, so that the
+	// subscription's handler never blocks on it, even for a call that has given up.
+	calls map[uint64]chan error
 }
 
 // NewPublisher returns a Publisher on nc, creating or completing its stream.
 func NewPublisher(ctx context.Context, nc *nats.Conn, o PublisherOptions) (*Publisher, error) {
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(pubMaxPending),
-		jetstream.WithPublishAsyncTimeout(pubAckTimeout))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +74,48 @@ func NewPublisher(ctx context.Context, nc *nats.Conn, o PublisherOptions) (*Publ
 			return nil, fmt.Errorf("natsq: stream %s: %w", o.Stream, err)
 		}
 	}
-	return &Publisher{nc: nc, js: js}, nil
+	p := &Publisher{nc: nc, js: js, inbox: nc.NewInbox(), calls: map[uint64]chan error{}}
+	if _, err := nc.Subscribe(p.inbox+".*", p.ack); err != nil {
+		return nil, fmt.Errorf("natsq: subscribing to publish acks: %w", err)
+	}
+	return p, nil
+}
+
+// ack hands one reply of JetStream to the call it answers. Acks of a call that gave up find no
+// call and are dropped.
+func (p *Publisher) ack(m *nats.Msg) {
+	id, err := strconv.ParseUint(m.Subject[len(p.inbox)+1:], 10, 64)
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	acks := p.calls[id]
+	p.mu.Unlock()
+	if acks == nil {
+		return
+	}
+	select {
+	case acks <- ackError(m):
+	default: // more replies than entries: not JetStream's
+	}
+}
+
+// ackError says whether a reply to a publication is JetStream's ack of it. Only an error is
+// decoded: a PubAck names its stream, and an error has an "error" member.
+func ackError(m *nats.Msg) error {
+	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+		return jetstream.ErrNoStreamResponse // no stream takes the subject
+	}
+	if bytes.Contains(m.Data, []byte(`"stream":`)) && !bytes.Contains(m.Data, []byte(`"error":`)) {
+		return nil
+	}
+	var r struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.Error == nil {
+		return fmt.Errorf("%w: %q", jetstream.ErrInvalidJSAck, m.Data)
+	}
+	return r.Error
 }
 
 // ensureStream creates o's stream or adds the subjects it lacks, leaving the rest of an existing
@@ -119,61 +178,84 @@ func (p *Publisher) Publish(ctx context.Context, ps []engine.Publication) error 
 	if err := awaitConnection(ctx, p.nc, 0); err != nil {
 		return err
 	}
-	stall := pubAckTimeout
-	if d, ok := ctx.Deadline(); ok {
-		if stall = time.Until(d); stall <= 0 {
-			return ctx.Err()
-		}
-	}
-	// nats.go retries a publish answered with "no responders" by itself, later, which would
-	// store it after the entries that followed it; failing the call keeps the order, and the
-	// caller's retry duplicates instead.
-	opts := []jetstream.PublishOpt{jetstream.WithRetryAttempts(0), jetstream.WithStallWait(stall)}
+	id := p.next.Add(1)
+	reply := p.inbox + "." + strconv.FormatUint(id, 10)
+	acks := make(chan error, min(len(ps), pubWindow))
+	p.mu.Lock()
+	p.calls[id] = acks
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.calls, id)
+		p.mu.Unlock()
+	}()
+	w := newAckWaiter(ctx, acks)
+	defer w.stall.Stop()
 
-	size := 0
+	// Neighbouring entries often share a destination: its subject string is made once for them.
+	var subject string
 	for i := range ps {
-		size += len(ps[i].Body)
-	}
-	// nats.go keeps every message with its pending ack, after Publish returned on ctx too, while
-	// the caller reuses its buffers at once: copying the bodies into storage of this call's own
-	// keeps the contract whatever nats.go does with them, for one allocation per call.
-	arena := make([]byte, 0, size)
-	futures := make([]jetstream.PubAckFuture, 0, len(ps))
-	acked := 0
-	for i := range ps {
-		if len(futures)-acked == pubWindow {
-			if err := awaitAck(ctx, futures[acked]); err != nil {
+		if i-w.acked == pubWindow {
+			if err := w.wait(); err != nil {
 				return err
 			}
-			acked++
 		}
-		start := len(arena)
-		arena = append(arena, ps[i].Body...)
-		msg := &nats.Msg{Subject: string(ps[i].Dest), Data: arena[start:len(arena):len(arena)]}
+		if i == 0 || !bytes.Equal(ps[i].Dest, ps[i-1].Dest) {
+			subject = string(ps[i].Dest)
+		}
+		// nats.go copies the message into its write buffer before it returns, so the caller's
+		// buffers are free as soon as Publish is.
+		var err error
 		if len(ps[i].Key) > 0 {
-			msg.Header = nats.Header{KeyHeader: []string{string(ps[i].Key)}}
+			err = p.nc.PublishMsg(&nats.Msg{Subject: subject, Reply: reply, Data: ps[i].Body,
+				Header: nats.Header{KeyHeader: []string{string(ps[i].Key)}}})
+		} else {
+			err = p.nc.PublishRequest(subject, reply, ps[i].Body)
 		}
-		f, err := p.js.PublishMsgAsync(msg, opts...)
 		if err != nil {
-			return fmt.Errorf("natsq: publish to %s: %w", msg.Subject, err)
+			return fmt.Errorf("natsq: publish to %s: %w", subject, err)
 		}
-		futures = append(futures, f)
 	}
-	for _, f := range futures[acked:] {
-		if err := awaitAck(ctx, f); err != nil {
+	for w.acked < len(ps) {
+		if err := w.wait(); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func awaitAck(ctx context.Context, f jetstream.PubAckFuture) error {
-	select {
-	case <-f.Ok():
-		return nil
-	case err := <-f.Err():
-		return fmt.Errorf("natsq: publish to %s: %w", f.Msg().Subject, err)
-	case <-ctx.Done():
-		return fmt.Errorf("natsq: waiting for JetStream to store a publication: %w", ctx.Err())
+// ackWaiter counts the acks of one call. An ack that never comes fails the call once
+// pubAckTimeout passes without one, for a caller without a deadline.
+type ackWaiter struct {
+	ctx   context.Context
+	acks  <-chan error
+	acked int
+	stall *time.Timer
+	seen  int // acked when stall was last set
+}
+
+func newAckWaiter(ctx context.Context, acks <-chan error) *ackWaiter {
+	return &ackWaiter{ctx: ctx, acks: acks, stall: time.NewTimer(pubAckTimeout)}
+}
+
+// wait takes the next ack.
+func (w *ackWaiter) wait() error {
+	for {
+		select {
+		case err := <-w.acks:
+			if err != nil {
+				return fmt.Errorf("natsq: publish: %w", err)
+			}
+			w.acked++
+			return nil
+		case <-w.ctx.Done():
+			return fmt.Errorf("natsq: waiting for JetStream to store a publication: %w", w.ctx.Err())
+		case <-w.stall.C:
+			if w.acked == w.seen {
+				return fmt.Errorf("natsq: no ack from JetStream in %s: %w", pubAckTimeout, nats.ErrTimeout)
+			}
+			w.seen = w.acked
+			w.stall.Reset(pubAckTimeout)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package natsq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -221,4 +222,51 @@ func BenchmarkPublish500(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*500)/b.Elapsed().Seconds(), "entries/s")
+}
+
+// TestPublishRefused: an entry no stream takes, or one its stream refuses, fails the call with
+// JetStream's reason, at once rather than after a timeout, and the entries before it are stored.
+func TestPublishRefused(t *testing.T) {
+	ctx := context.Background()
+	nc := connect(t)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
+	dropStream(t, nc, name)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}, MaxMsgSize: 64}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPublisher(ctx, nc, PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+
+	start := time.Now()
+	err = p.Publish(pctx, []engine.Publication{{Dest: []byte(name + "_NONE.x"), Body: []byte("lost")}})
+	if !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		t.Errorf("publishing where no stream listens: %v, want %v", err, jetstream.ErrNoStreamResponse)
+	}
+
+	small := engine.Publication{Dest: []byte(name + ".x"), Body: []byte("small")}
+	big := engine.Publication{Dest: []byte(name + ".x"), Body: make([]byte, 100)}
+	err = p.Publish(pctx, []engine.Publication{small, big, small})
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		t.Errorf("publishing past the stream's message size: %v, want JetStream's error", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("the refusals took %s to be reported", took)
+	}
+	if got := readSubject(t, nc, name, name+".x", 2, 5*time.Second); len(got) != 2 {
+		t.Errorf("%d entries stored, want the 2 small ones", len(got))
+	}
+
+	if err := p.Publish(pctx, []engine.Publication{small}); err != nil {
+		t.Errorf("publishing after a refusal: %v", err)
+	}
 }
