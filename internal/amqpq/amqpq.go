@@ -37,7 +37,9 @@ type Options struct {
 	// Bindings are only ever added: a key dropped from the list stays bound until someone
 	// unbinds it on the broker.
 	RoutingKeys []string
-	// Prefetch is how many unacknowledged messages the broker sends ahead. Default 256.
+	// Prefetch is how many unacknowledged messages the broker sends ahead. Default 1000: the
+	// pipeline holds a few hundred in flight, acknowledgments wait a little to go out together,
+	// and a window that runs dry leaves the consumer waiting a round trip for more.
 	Prefetch int
 	// EncodeDead appends the dead-letter entry of m.
 	EncodeDead func(dst []byte, m *engine.Message, f engine.Failure, instance string, at time.Time) []byte
@@ -57,7 +59,7 @@ func (o Options) check() (Options, error) {
 		return o, errors.New("amqpq: no dead-letter encoder")
 	}
 	if o.Prefetch <= 0 {
-		o.Prefetch = 256
+		o.Prefetch = 1000
 	}
 	return o, nil
 }
@@ -88,11 +90,11 @@ type Queue struct {
 	held map[uint64]held // token -> delivery, while unsettled
 }
 
-// held is a delivery and the connection it came on, which says whether settling it still means
-// anything.
+// held is a delivery's tag and the connection it came on, which says whether settling it still
+// means anything.
 type held struct {
-	d amqp.Delivery
-	s *live
+	tag uint64
+	s   *live
 }
 
 // Open declares the queue, its dead-letter exchange and queue, and starts consuming on a channel
@@ -164,7 +166,7 @@ func (q *Queue) consume(conn *amqp.Connection, ch *amqp.Channel) (*live, error) 
 	if err != nil {
 		return nil, fmt.Errorf("consuming %s: %w", q.o.Queue, err)
 	}
-	return &live{conn: conn, ch: ch, deliveries: d, decl: newDeclarer(conn)}, nil
+	return &live{conn: conn, ch: ch, deliveries: d, decl: newDeclarer(conn), acks: newAcks(ch, q.o.Prefetch)}, nil
 }
 
 // declare makes the queue, the dead-letter exchange and the dead-letter queue exist, and binds
@@ -221,6 +223,20 @@ func (q *Queue) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engi
 // the broker cancelled the consumer (a deleted queue), and s is then given up.
 func (q *Queue) takeFrom(ctx context.Context, s *live, expire <-chan time.Time, dst []*engine.Message, n int) ([]*engine.Message, bool) {
 	start := len(dst)
+	// The new messages are entered in held once, with their tags parked in Token meanwhile: one
+	// lock per batch rather than per message.
+	defer func() {
+		if len(dst) == start {
+			return
+		}
+		q.mu.Lock()
+		for _, m := range dst[start:] {
+			q.next++
+			q.held[q.next] = held{tag: m.Token, s: s}
+			m.Token = q.next
+		}
+		q.mu.Unlock()
+	}()
 	for len(dst)-start < n {
 		var d amqp.Delivery
 		var ok bool
@@ -240,18 +256,14 @@ func (q *Queue) takeFrom(ctx context.Context, s *live, expire <-chan time.Time, 
 			}
 		}
 		if !ok {
-			q.l.lose(s, errors.New("the deliveries ended"))
+			q.l.lose(s, errors.New("the broker cancelled the consumer"))
 			return dst, true
 		}
 		m := engine.GetMessage()
 		m.SetRaw(d.Body)
 		m.TakenAt = time.Now().UnixNano()
 		m.SourceRetries = headerRetries(d)
-		q.mu.Lock()
-		q.next++
-		m.Token = q.next
-		q.held[m.Token] = held{d: d, s: s}
-		q.mu.Unlock()
+		m.Token = d.DeliveryTag
 		dst = append(dst, m)
 	}
 	return dst, false
@@ -285,17 +297,23 @@ func (q *Queue) forget(m *engine.Message) {
 	q.mu.Unlock()
 }
 
-// Ack implements engine.Source. A message of a lost connection is settled at once: the broker
-// has requeued it and will deliver it again.
+// Ack implements engine.Source. The acknowledgment reaches the broker within ackLinger, most
+// often together with others (see acks). A message of a lost connection is settled at once: the
+// broker has requeued it and will deliver it again.
 func (q *Queue) Ack(ctx context.Context, m *engine.Message) error {
-	h, err := q.lookup(m)
-	if err != nil {
-		return err
+	q.mu.Lock()
+	h, ok := q.held[m.Token]
+	delete(q.held, m.Token)
+	q.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("amqpq: message %d is not held by this consumer", m.Token)
 	}
-	if err := h.d.Ack(false); err != nil && !h.s.gone() {
+	if h.s.gone() {
+		return nil
+	}
+	if err := h.s.acks.ack(h.tag); err != nil {
 		return fmt.Errorf("amqpq: ack: %w", err)
 	}
-	q.forget(m)
 	return nil
 }
 
@@ -387,8 +405,8 @@ func (q *Queue) Release(ctx context.Context, ms []*engine.Message) error {
 	var errs []error
 	for _, m := range ms {
 		h, err := q.lookup(m)
-		if err == nil {
-			if err = h.d.Nack(false, true); err != nil && h.s.gone() {
+		if err == nil && !h.s.gone() {
+			if err = h.s.acks.release(h.tag); err != nil && h.s.gone() {
 				err = nil
 			}
 		}

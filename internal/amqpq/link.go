@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"sync"
 	"time"
@@ -23,10 +24,13 @@ type live struct {
 	// ch consumes (a Queue) or publishes (a Publisher); it is in confirm mode.
 	ch         *amqp.Channel
 	deliveries <-chan amqp.Delivery
+	acks       *acks // a Queue's acknowledgments of ch's deliveries
 	decl       *declarer
+	pool       *channels // a Publisher's channels, ch the first of them
 
 	connClosed, chClosed chan *amqp.Error
 	lost                 chan struct{}
+	why                  error // why lost was closed
 	once                 sync.Once
 }
 
@@ -105,7 +109,7 @@ func (l *link) run(ctx context.Context, s *live) {
 		case e := <-s.chClosed:
 			why = closeReason("channel", e)
 		case <-s.lost:
-			why = errors.New("the broker cancelled the consumer")
+			why = s.why
 			select { // the deliveries also end when the channel closes: name the real cause
 			case e := <-s.chClosed:
 				why = closeReason("channel", e)
@@ -114,6 +118,9 @@ func (l *link) run(ctx context.Context, s *live) {
 			case <-time.After(100 * time.Millisecond):
 			}
 		case <-ctx.Done():
+			if s.acks != nil {
+				s.acks.flush() // what was acknowledged must not come back after a clean stop
+			}
 			l.lose(s, errClosed)
 			l.teardown(s)
 			return
@@ -188,7 +195,14 @@ func (l *link) connect(ctx context.Context, first bool) (*live, error) {
 func (l *link) open() (*live, error) {
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(l.name)
-	conn, err := amqp.DialConfig(l.url, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Properties: props})
+	dial := amqp.DefaultDial(5 * time.Second)
+	conn, err := amqp.DialConfig(l.url, amqp.Config{Properties: props, Dial: func(network, addr string) (net.Conn, error) {
+		c, err := dial(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newCoalescingConn(c), nil
+	}})
 	if err != nil {
 		return nil, err
 	}
@@ -203,9 +217,14 @@ func (l *link) open() (*live, error) {
 
 // watch subscribes to the closing of s's connection and channel, and marks s not lost.
 func (l *link) watch(s *live) {
-	s.lost = make(chan struct{})
+	if s.lost == nil {
+		s.lost = make(chan struct{})
+	}
 	s.connClosed = s.conn.NotifyClose(make(chan *amqp.Error, 1))
 	s.chClosed = s.ch.NotifyClose(make(chan *amqp.Error, 1))
+	if s.acks != nil {
+		go s.acks.run(s.lost)
+	}
 }
 
 // permanent tells the refusals that retrying cannot fix.
@@ -235,7 +254,7 @@ func (l *link) set(s *live, err error) {
 // lose marks s lost: it is no longer handed out, and what was delivered on it is the broker's
 // again. Whoever notices first (the watcher, or Take seeing the deliveries end) calls it.
 func (l *link) lose(s *live, why error) {
-	s.once.Do(func() { close(s.lost) })
+	s.once.Do(func() { s.why = why; close(s.lost) })
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cur == s {
@@ -308,10 +327,10 @@ func newDeclarer(conn *amqp.Connection) *declarer {
 }
 
 // known reports whether name was declared on this connection.
-func (d *declarer) known(name []byte) bool {
+func (d *declarer) known(name string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.done[string(name)]
+	return d.done[name]
 }
 
 // do runs declare for name unless it already succeeded on this connection. Declarations are
