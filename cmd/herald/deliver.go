@@ -81,6 +81,12 @@ POST of the decoded payload with the entry's headers, ws(s) as one binary frame.
 on the reference schedule through <prefix>_outbound_retry; after 5 retries, or when an entry cannot
 be decoded, the entry goes to the dead-letter list with the reason. Started with the same
 environment as the Python deliverer, it replaces it.
+
+--source (HERALD_SOURCE) takes the same entries from NATS JetStream, Kafka or RabbitMQ instead,
+with retries and dead letters kept the broker's way (README: Brokers):
+  herald deliver --source nats://127.0.0.1:4222          stream and subject <prefix>_outbound
+  herald deliver --source kafka://k1:9092,k2:9092        topic <prefix>_outbound, group herald-deliver
+  herald deliver --source amqp://guest:guest@host:5672/  queue <prefix>_outbound
 `,
 		vars: config.DeliverVars,
 		load: config.LoadDeliver,
