@@ -259,19 +259,26 @@ func TestEventsToBrokers(t *testing.T) {
 	})
 }
 
-// TestBridge routes events read from a NATS subject to Redis lists (bridge mode): each event is
-// acknowledged once its entries are in Redis; a message that is not an event is dead-lettered.
+// TestBridge routes events read from a NATS stream another service writes (limits retention, as
+// a NATS events plugin keeps them) to Redis lists (bridge mode): each event is acknowledged once
+// its entries are in Redis; a message that is not an event is dead-lettered.
 func TestBridge(t *testing.T) {
 	srv := natstest.Start(t)
 	rs := redistest.Standalone(t)
 	c := client(t, rs.URL())
+	nc := natsConn(t, srv.URL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "upstream", Subjects: []string{"events.>"}}); err != nil {
+		t.Fatal(err)
+	}
 	port := freePort(t)
 	start(t, []string{"REDIS_SERVER_URL=" + rs.URL(), "HERALD_LISTEN=127.0.0.1:" + freePort(t),
-		"HERALD_FROM=" + srv.URL() + "?subject=events.in", "STATUS_ENDPOINT_HOST=127.0.0.1", "STATUS_ENDPOINT_PORT=" + port,
+		"HERALD_FROM=" + srv.URL() + "?subject=events.in&stream=upstream", "STATUS_ENDPOINT_HOST=127.0.0.1", "STATUS_ENDPOINT_PORT=" + port,
 		"STATUS_ENDPOINT_API_KEY=k"}, "events")
 	p := openPublisher(t, srv.URL())
-	nc := natsConn(t, srv.URL())
-	eventually(t, 20*time.Second, "the bridge's stream", func() bool { return streamMsgs(t, nc, "events_in") >= 0 })
 	var ps []engine.Publication
 	for i := range 100 {
 		ps = append(ps, engine.Publication{Dest: []byte("events.in"), Body: fmt.Appendf(nil,

@@ -29,8 +29,8 @@ func startEvents(t *testing.T, redisURL string, extra ...string) eventsProc {
 		"STATUS_ENDPOINT_HOST=127.0.0.1", "STATUS_ENDPOINT_PORT=" + e.status, "STATUS_ENDPOINT_API_KEY=k"}, extra...)
 	e.proc = start(t, env, "events")
 	eventually(t, 15*time.Second, "herald events ready", func() bool {
-		code, _ := status(t, e.status, "/status/ready", "k")
-		return code == 200
+		_, body := status(t, e.status, "/status/ready", "k")
+		return body == `{"ready":true}`
 	})
 	return e
 }

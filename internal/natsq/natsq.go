@@ -107,8 +107,24 @@ func Open(ctx context.Context, nc *nats.Conn, o Options) (*Queue, error) {
 	if o.AckWait <= 0 {
 		o.AckWait = 30 * time.Second
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: o.Stream, Subjects: []string{o.Subject},
-		Retention: jetstream.WorkQueuePolicy}); err != nil {
+	// A stream that exists is used as it is (a bridge reads the stream another service writes,
+	// whose retention is not ours to change) as long as it holds the subject; a missing one is
+	// created as a work queue, whose messages leave once acknowledged.
+	if st, err := js.Stream(ctx, o.Stream); err == nil {
+		held := false
+		for _, pat := range st.CachedInfo().Config.Subjects {
+			held = held || subjectCovers(pat, o.Subject)
+		}
+		if !held {
+			return nil, fmt.Errorf("stream %s exists but does not hold the subject %s (its subjects: %v)",
+				o.Stream, o.Subject, st.CachedInfo().Config.Subjects)
+		}
+	} else if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: o.Stream, Subjects: []string{o.Subject},
+			Retention: jetstream.WorkQueuePolicy}); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil, fmt.Errorf("stream %s: %w", o.Stream, err)
+		}
+	} else {
 		return nil, fmt.Errorf("stream %s: %w", o.Stream, err)
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: o.DeadStream, Subjects: []string{o.DeadSubject}}); err != nil {
