@@ -6,7 +6,10 @@
 // a NAK for the time that remains; a crash leaves messages unacknowledged and JetStream
 // redelivers them after the ack wait; a dead letter is published, with its reason, on a subject
 // of its own before the message is terminated. The retry count travels in the message, not in
-// JetStream's delivery count, which a delayed NAK does not always advance.
+// JetStream's delivery count, which also counts releases and redeliveries after a crash. A retry
+// is republished rather than held by a delayed NAK because a NAKed message stays pending on the
+// consumer: a receiver down for an hour would fill MaxAckPending with waiting retries and stop
+// fresh messages, where republished ones wait in the stream like any other.
 //
 // Connect gives the connection these run on: it waits out a server that is not up yet and
 // reconnects for ever. While it is down, Take fails with ErrNotConnected (so that the pipeline
