@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/amqpq"
 	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/fixture"
@@ -259,42 +260,78 @@ func TestEventsToBrokers(t *testing.T) {
 	})
 }
 
-// TestBridge routes events read from a NATS stream another service writes (limits retention, as
-// a NATS events plugin keeps them) to Redis lists (bridge mode): each event is acknowledged once
-// its entries are in Redis; a message that is not an event is dead-lettered.
+// TestBridge routes events read from another broker to Redis lists (bridge mode), from each
+// broker: a NATS stream another service writes (limits retention, as a NATS events plugin keeps
+// them), a Kafka topic, a RabbitMQ queue. Each event is acknowledged once its entries are in
+// Redis; a message that is not an event is dead-lettered.
 func TestBridge(t *testing.T) {
-	srv := natstest.Start(t)
-	rs := redistest.Standalone(t)
-	c := client(t, rs.URL())
-	nc := natsConn(t, srv.URL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		kind  string
+		setup func(t *testing.T) (from, pubURL, dest, key string)
+	}{
+		{config.KindNATS, func(t *testing.T) (string, string, string, string) {
+			srv := natstest.Start(t)
+			js, err := jetstream.New(natsConn(t, srv.URL()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "upstream", Subjects: []string{"events.>"}}); err != nil {
+				t.Fatal(err)
+			}
+			return srv.URL() + "?subject=events.in&stream=upstream", srv.URL(), "events.in", ""
+		}},
+		{config.KindKafka, func(t *testing.T) (string, string, string, string) {
+			k := kafkatest.Start(t, "events_in")
+			return "kafka://" + k.Addr() + "?topic=events_in", "kafka://" + k.Addr(), "events_in", ""
+		}},
+		{config.KindAMQP, func(t *testing.T) (string, string, string, string) {
+			q := fmt.Sprintf("e2e-bridge-%d", rand.Uint32())
+			url := "amqp://guest:guest@127.0.0.1:5672/"
+			t.Cleanup(func() {
+				if conn, err := amqp.Dial(url); err == nil {
+					if ch, err := conn.Channel(); err == nil {
+						for _, name := range []string{q, amqpq.DeadQueue(q)} {
+							_, _ = ch.QueueDelete(name, false, false, false)
+						}
+						_ = ch.ExchangeDelete(amqpq.DeadExchange(q), false, false)
+					}
+					conn.Close()
+				}
+			})
+			return url + "?queue=" + q, url, "", q
+		}},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			from, pubURL, dest, key := tc.setup(t)
+			rs := redistest.Standalone(t)
+			c := client(t, rs.URL())
+			port := freePort(t)
+			start(t, []string{"REDIS_SERVER_URL=" + rs.URL(), "HERALD_LISTEN=127.0.0.1:" + freePort(t),
+				"HERALD_FROM=" + from, "STATUS_ENDPOINT_HOST=127.0.0.1", "STATUS_ENDPOINT_PORT=" + port,
+				"STATUS_ENDPOINT_API_KEY=k"}, "events")
+			var queues []string
+			if tc.kind == config.KindAMQP {
+				queues = []string{key} // declared as the bridge declares it, before it may have started
+			}
+			p := openPublisher(t, pubURL, queues...)
+			var ps []engine.Publication
+			for i := range 100 {
+				ps = append(ps, engine.Publication{Dest: []byte(dest), Key: []byte(key), Body: fmt.Appendf(nil,
+					`{"topic": "acapy::record::connections::active", "wallet_id": "w%d", "payload": {"state": "active", "n": %d}}`, i%2, i)})
+			}
+			ps = append(ps, engine.Publication{Dest: []byte(dest), Key: []byte(key), Body: []byte(`not an event`)})
+			if err := p.Publish(context.Background(), ps); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 30*time.Second, "100 events in each of two list families", func() bool {
+				return llen(t, c, "acapy-record-with-state-w0")+llen(t, c, "acapy-record-with-state-w1") == 100 &&
+					llen(t, c, "acapy-record-w0")+llen(t, c, "acapy-record-w1") == 100
+			})
+			eventually(t, 10*time.Second, "the malformed message dead-lettered", func() bool {
+				return metric(t, port, "herald_messages_dead_lettered_total") == "1"
+			})
+		})
 	}
-	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "upstream", Subjects: []string{"events.>"}}); err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	start(t, []string{"REDIS_SERVER_URL=" + rs.URL(), "HERALD_LISTEN=127.0.0.1:" + freePort(t),
-		"HERALD_FROM=" + srv.URL() + "?subject=events.in&stream=upstream", "STATUS_ENDPOINT_HOST=127.0.0.1", "STATUS_ENDPOINT_PORT=" + port,
-		"STATUS_ENDPOINT_API_KEY=k"}, "events")
-	p := openPublisher(t, srv.URL())
-	var ps []engine.Publication
-	for i := range 100 {
-		ps = append(ps, engine.Publication{Dest: []byte("events.in"), Body: fmt.Appendf(nil,
-			`{"topic": "acapy::record::connections::active", "wallet_id": "w%d", "payload": {"state": "active", "n": %d}}`, i%2, i)})
-	}
-	ps = append(ps, engine.Publication{Dest: []byte("events.in"), Body: []byte(`not an event`)})
-	if err := p.Publish(context.Background(), ps); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 20*time.Second, "100 events in each of two list families", func() bool {
-		return llen(t, c, "acapy-record-with-state-w0")+llen(t, c, "acapy-record-with-state-w1") == 100 &&
-			llen(t, c, "acapy-record-w0")+llen(t, c, "acapy-record-w1") == 100
-	})
-	eventually(t, 10*time.Second, "the malformed message dead-lettered", func() bool {
-		return metric(t, port, "herald_messages_dead_lettered_total") == "1"
-	})
 }
 
 // TestDeliverSurvivesNATSRestart stops the NATS server under `herald deliver`: readiness turns
