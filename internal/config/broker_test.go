@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -123,5 +124,20 @@ redis_queue: {}
 	h := p.Herald
 	if h.Source != "kafka://127.0.0.1:9092" || h.Sink == "" || h.ExchangePrefix != "teal_" || h.Keys["powens_domain_webhooks"] != "$domain" {
 		t.Errorf("got %+v", h)
+	}
+}
+
+func TestDeliverSourceFromYAML(t *testing.T) {
+	path := t.TempDir() + "/plugin.yml"
+	if err := os.WriteFile(path, []byte("herald:\n  source: amqp://guest:guest@127.0.0.1:5672/\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadDeliver(MapEnv(map[string]string{"HERALD_PLUGIN_CONFIG": path}))
+	if err != nil || c.Source.Kind != KindAMQP {
+		t.Fatalf("source from the file: %+v %v", c.Source, err)
+	}
+	c, err = LoadDeliver(MapEnv(map[string]string{"HERALD_PLUGIN_CONFIG": path, "HERALD_SOURCE": "nats://127.0.0.1:4222"}))
+	if err != nil || c.Source.Kind != KindNATS {
+		t.Fatalf("the environment wins over the file: %+v %v", c.Source, err)
 	}
 }
