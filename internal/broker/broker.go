@@ -86,7 +86,7 @@ func OpenSource(ctx context.Context, b config.Broker, o SourceOptions, log *slog
 	case config.KindKafka:
 		ko := kafkaq.Options{Topic: queue, RetryTopic: queue + "_retry", DeadTopic: queue + "_dead", Group: group,
 			Seeds: b.Seeds, Instance: o.Instance, EncodeDead: acapy.EncodeDead}
-		if err := kafkaTopics(ctx, b.Seeds, queue); err != nil {
+		if err := kafkaTopics(ctx, b.Seeds, queue, log); err != nil {
 			return nil, err
 		}
 		q, err := kafkaq.Open(ko)
@@ -212,7 +212,7 @@ func OpenPublisher(ctx context.Context, b config.Broker, o PublisherOptions, log
 			return nil, err
 		}
 		for _, q := range o.Queues {
-			if err := kafkaTopics(ctx, b.Seeds, q); err != nil {
+			if err := kafkaTopics(ctx, b.Seeds, q, log); err != nil {
 				p.Close()
 				return nil, err
 			}
@@ -283,22 +283,26 @@ func Subjects(templates []string) ([]string, error) {
 
 // kafkaTopics creates a queue's topics, its retry and dead-letter topics, waiting for the
 // cluster until ctx ends.
-func kafkaTopics(ctx context.Context, seeds []string, queue string) error {
+func kafkaTopics(ctx context.Context, seeds []string, queue string, log *slog.Logger) error {
 	p, err := kafkaq.NewPublisher(kafkaq.PublisherOptions{Seeds: seeds})
 	if err != nil {
 		return err
 	}
 	defer p.Close()
+	wait := time.Second
 	for {
 		err := p.CreateTopics(ctx, queue, queue+"_retry", queue+"_dead")
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
+		log.Warn("creating the Kafka topics failed; retrying", "topics", []string{queue, queue + "_retry", queue + "_dead"},
+			"seeds", seeds, "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, 30*time.Second)
 	}
 }
 
