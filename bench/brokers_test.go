@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/amqpq"
 	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/deliver"
@@ -18,6 +19,7 @@ import (
 	"github.com/heraldhq/herald/internal/kafkaq/kafkatest"
 	"github.com/heraldhq/herald/internal/natsq/natstest"
 	"github.com/heraldhq/herald/internal/redistest"
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // brokerMessages is how many messages one broker drain delivers (HERALD_BENCH_BROKER_N, default
@@ -78,6 +80,9 @@ func brokerDrain(b *testing.B, kind, url string, n int) float64 {
 		b.Fatal(err)
 	}
 	defer p.Close()
+	if kind == config.KindAMQP {
+		defer deleteAMQP(url, []string{queue, amqpq.DeadQueue(queue)}, []string{amqpq.DeadExchange(queue)})
+	}
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -135,7 +140,15 @@ func brokerEvents(b *testing.B, bin, kind, url string, n int) float64 {
 		env = append(env, fmt.Sprintf("HERALD_NATS_STREAM=bench%d", rand.Uint32()))
 	}
 	if kind == config.KindAMQP {
-		env = append(env, fmt.Sprintf("HERALD_EXCHANGE_PREFIX=bench%d_", rand.Uint32()))
+		prefix := fmt.Sprintf("bench%d_", rand.Uint32())
+		env = append(env, "HERALD_EXCHANGE_PREFIX="+prefix)
+		var exchanges []string
+		for w := range 10 {
+			for _, route := range []string{"acapy-record-with-state-wallet-", "acapy-record-wallet-"} {
+				exchanges = append(exchanges, fmt.Sprintf("%s%s%d", prefix, route, w))
+			}
+		}
+		defer deleteAMQP(url, nil, exchanges)
 	}
 	addr := startEvents(b, bin, env...)
 	total := n / ndjsonBatch * ndjsonBatch
@@ -148,4 +161,23 @@ func brokerEvents(b *testing.B, bin, kind, url string, n int) float64 {
 	b.ReportMetric(rate, "events/s")
 	b.ReportMetric(0, "ns/op")
 	return rate
+}
+
+// deleteAMQP removes what a run declared on the shared RabbitMQ.
+func deleteAMQP(url string, queues, exchanges []string) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	for _, q := range queues {
+		_, _ = ch.QueueDelete(q, false, false, false)
+	}
+	for _, x := range exchanges {
+		_ = ch.ExchangeDelete(x, false, false)
+	}
 }

@@ -66,6 +66,30 @@ func outboundDest(kind, queue string) (dest, key string) {
 	return queue, ""
 }
 
+// cleanupAMQP deletes, when t ends, what a test declared on the shared RabbitMQ: outbound queues
+// (with their dead-letter queue and exchange) and exchanges.
+func cleanupAMQP(t *testing.T, queues []string, exchanges ...string) {
+	t.Cleanup(func() {
+		conn, err := amqp.Dial("amqp://guest:guest@127.0.0.1:5672/")
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		ch, err := conn.Channel()
+		if err != nil {
+			return
+		}
+		for _, q := range queues {
+			_, _ = ch.QueueDelete(q, false, false, false)
+			_, _ = ch.QueueDelete(amqpq.DeadQueue(q), false, false, false)
+			exchanges = append(exchanges, amqpq.DeadExchange(q))
+		}
+		for _, x := range exchanges {
+			_ = ch.ExchangeDelete(x, false, false)
+		}
+	})
+}
+
 // metric reads the value of one series of a service's /metrics (its labels ignored).
 func metric(t *testing.T, port, name string) string {
 	_, body := status(t, port, "/metrics", "k")
@@ -87,6 +111,9 @@ func TestDeliverFromBrokers(t *testing.T) {
 			url := bk.url(t)
 			prefix := fmt.Sprintf("e2e%d", rand.Uint32())
 			queue := prefix + "_outbound"
+			if bk.kind == config.KindAMQP {
+				cleanupAMQP(t, []string{queue})
+			}
 			p := openPublisher(t, url, queue)
 			recv := newReceiver(t, n)
 			dest, key := outboundDest(bk.kind, queue)
@@ -287,17 +314,7 @@ func TestBridge(t *testing.T) {
 		{config.KindAMQP, func(t *testing.T) (string, string, string, string) {
 			q := fmt.Sprintf("e2e-bridge-%d", rand.Uint32())
 			url := "amqp://guest:guest@127.0.0.1:5672/"
-			t.Cleanup(func() {
-				if conn, err := amqp.Dial(url); err == nil {
-					if ch, err := conn.Channel(); err == nil {
-						for _, name := range []string{q, amqpq.DeadQueue(q)} {
-							_, _ = ch.QueueDelete(name, false, false, false)
-						}
-						_ = ch.ExchangeDelete(amqpq.DeadExchange(q), false, false)
-					}
-					conn.Close()
-				}
-			})
+			cleanupAMQP(t, []string{q})
 			return url + "?queue=" + q, url, "", q
 		}},
 	} {
@@ -406,3 +423,47 @@ func streamMsgs(t *testing.T, nc *nats.Conn, stream string) int {
 }
 
 const interrupt = syscall.SIGINT
+
+// TestWebhookThroughBrokers: with the same broker behind `herald events` (sink) and `herald
+// deliver` (source), an event of event_webhook_topic_maps reaches the webhook receiver, with
+// the plugin's path and headers, through the broker's outbound queue.
+func TestWebhookThroughBrokers(t *testing.T) {
+	for _, bk := range brokerURLs {
+		t.Run(bk.kind, func(t *testing.T) {
+			url := bk.url(t)
+			prefix := fmt.Sprintf("e2e%d", rand.Uint32())
+			recv := newReceiver(t, 1)
+			recv.Record = true
+			listen := "127.0.0.1:" + freePort(t)
+			env := []string{"HERALD_SINK=" + url, "HERALD_LISTEN=" + listen, "HERALD_WEBHOOK_URLS=" + recv.URL() + "/hook#secret-key"}
+			if bk.kind == config.KindAMQP {
+				// Fresh exchange and queue names on the shared server.
+				cfg := t.TempDir() + "/plugin.yml"
+				writeFile(t, cfg, "redis_queue:\n  outbound:\n    acapy_outbound_topic: "+prefix+"_outbound\n")
+				env = append(env, "HERALD_PLUGIN_CONFIG="+cfg, "HERALD_EXCHANGE_PREFIX="+prefix+"_")
+				cleanupAMQP(t, []string{prefix + "_outbound"}, prefix+"_acapy-basicmessage-received")
+			} else {
+				cfg := t.TempDir() + "/plugin.yml"
+				writeFile(t, cfg, "redis_queue:\n  outbound:\n    acapy_outbound_topic: "+prefix+"_outbound\n")
+				env = append(env, "HERALD_PLUGIN_CONFIG="+cfg)
+			}
+			start(t, env, "events")
+			start(t, []string{"TOPIC_PREFIX=" + prefix}, "deliver", "--source", url)
+			eventually(t, 30*time.Second, "herald events listening", func() bool {
+				resp, err := http.Post("http://"+listen+"/v1/events", "application/json",
+					strings.NewReader(`{"topic": "acapy::basicmessage::received", "payload": {"content": "hello"}, "wallet_id": "w-2"}`))
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == 202
+			})
+			eventually(t, 30*time.Second, "the webhook at the receiver", func() bool { return len(recv.Requests()) >= 1 })
+			r := recv.Requests()[0]
+			if r.Path != "/hook/topic/basicmessages/" || r.Headers["x-api-key"] != "secret-key" || r.Headers["x-wallet-id"] != "w-2" ||
+				string(r.Body) != `{"wallet_id": "w-2", "state": null, "topic": "acapy::basicmessage::received", "category": null, "payload": {"content": "hello"}}` {
+				t.Errorf("webhook: %s %v %s", r.Path, r.Headers, r.Body)
+			}
+		})
+	}
+}
