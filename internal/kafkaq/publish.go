@@ -82,17 +82,24 @@ func keyPartitioner() kgo.Partitioner {
 
 // publishWait collects the acknowledgments of one Publish.
 type publishWait struct {
-	mu   sync.Mutex
-	left int
-	err  error
-	done chan struct{}
+	mu     sync.Mutex
+	left   int
+	err    error
+	failed []*kgo.Record
+	// others is set when a record failed for a reason other than a context ending.
+	others bool
+	done   chan struct{}
 }
 
 func (w *publishWait) promise(r *kgo.Record, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err != nil && w.err == nil {
-		w.err = fmt.Errorf("kafkaq: publishing to %s: %w", r.Topic, err)
+	if err != nil {
+		if w.err == nil {
+			w.err = fmt.Errorf("kafkaq: publishing to %s: %w", r.Topic, err)
+		}
+		w.failed = append(w.failed, r)
+		w.others = w.others || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled))
 	}
 	if w.left--; w.left == 0 {
 		close(w.done)
@@ -147,18 +154,47 @@ func (p *Publisher) Publish(ctx context.Context, ps []engine.Publication) error 
 		}
 		p.cl.Produce(ctx, r, w.promise)
 	}
-	select {
-	case <-w.done:
-	case <-ctx.Done():
+	for attempt := 0; ; attempt++ {
 		select {
-		case <-w.done: // acknowledged just as ctx ended
-		default:
-			return fmt.Errorf("kafkaq: publishing: %w", context.Cause(ctx))
+		case <-w.done:
+		case <-ctx.Done():
+			select {
+			case <-w.done: // acknowledged just as ctx ended
+			default:
+				return fmt.Errorf("kafkaq: publishing: %w", context.Cause(ctx))
+			}
 		}
+		w.mu.Lock()
+		err, failed, others := w.err, w.failed, w.others
+		w.mu.Unlock()
+		// Records that failed on a context while ours is alive were failed for an earlier
+		// call's: the client fails every record buffered behind one whose context ended (so
+		// that no later record of a partition is stored after a gap), and those may be ours.
+		// They are produced again, in their order, which keeps each partition's order.
+		if err == nil || others || ctx.Err() != nil || attempt == 3 {
+			return err
+		}
+		recs, w = p.again(ctx, recs, failed)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.err
+}
+
+// again produces the failed records of recs anew, in the order recs holds them, and returns
+// the new records and what waits for them.
+func (p *Publisher) again(ctx context.Context, recs []kgo.Record, failed []*kgo.Record) ([]kgo.Record, *publishWait) {
+	pos := make(map[*kgo.Record]int, len(recs))
+	for i := range recs {
+		pos[&recs[i]] = i
+	}
+	slices.SortFunc(failed, func(a, b *kgo.Record) int { return pos[a] - pos[b] })
+	next := make([]kgo.Record, len(failed))
+	w := &publishWait{left: len(failed), done: make(chan struct{})}
+	for i, r := range failed {
+		next[i] = kgo.Record{Topic: r.Topic, Key: r.Key, Value: r.Value}
+	}
+	for i := range next {
+		p.cl.Produce(ctx, &next[i], w.promise)
+	}
+	return next, w
 }
 
 // ensureTopics creates the topics of ps not seen before. Kafka brokers may create topics on
