@@ -15,6 +15,7 @@ import (
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/amqpq"
+	"github.com/heraldhq/herald/internal/amqpq/amqptest"
 	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/fixture"
@@ -351,40 +352,63 @@ func TestBridge(t *testing.T) {
 	}
 }
 
-// TestDeliverSurvivesNATSRestart stops the NATS server under `herald deliver`: readiness turns
-// false while it is away, and everything published before and after arrives.
-func TestDeliverSurvivesNATSRestart(t *testing.T) {
+// restartable is a broker server of the test's own that can be stopped and started again with
+// its data.
+type restartable interface {
+	Stop()
+	Restart()
+}
+
+// TestDeliverSurvivesBrokerRestart stops the broker under `herald deliver --source`: readiness
+// turns false while it is away, and everything published before and after arrives.
+func TestDeliverSurvivesBrokerRestart(t *testing.T) {
 	const n = 1000
-	srv := natstest.Start(t)
-	recv := newReceiver(t, 2*n)
-	queue := "acapy_outbound"
-	port := freePort(t)
-	start(t, []string{"STATUS_ENDPOINT_HOST=127.0.0.1", "STATUS_ENDPOINT_PORT=" + port, "STATUS_ENDPOINT_API_KEY=k"},
-		"deliver", "--source", srv.URL())
-	p := openPublisher(t, srv.URL(), queue)
-	if err := fixture.Publish(context.Background(), p, queue, "", recv.URL()+"/in", 0, n, 300); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		kind  string
+		start func(t *testing.T) (url string, srv restartable)
+	}{
+		{config.KindNATS, func(t *testing.T) (string, restartable) { s := natstest.Start(t); return s.URL(), s }},
+		{config.KindKafka, func(t *testing.T) (string, restartable) { k := kafkatest.Start(t); return "kafka://" + k.Addr(), k }},
+		{config.KindAMQP, func(t *testing.T) (string, restartable) { r := amqptest.Start(t); return r.URL(), r }},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			url, srv := tc.start(t)
+			recv := newReceiver(t, 2*n)
+			queue := "acapy_outbound"
+			dest, key := outboundDest(tc.kind, queue)
+			port := freePort(t)
+			start(t, []string{"STATUS_ENDPOINT_HOST=127.0.0.1", "STATUS_ENDPOINT_PORT=" + port, "STATUS_ENDPOINT_API_KEY=k"},
+				"deliver", "--source", url)
+			p := openPublisher(t, url, queue)
+			if err := fixture.Publish(context.Background(), p, dest, key, recv.URL()+"/in", 0, n, 300); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 30*time.Second, "the first half delivered", func() bool { return recv.Total() >= n })
+			srv.Stop()
+			eventually(t, 20*time.Second, "readiness false while the broker is down", func() bool {
+				_, body := status(t, port, "/status/ready", "k")
+				return body == `{"ready":false}`
+			})
+			srv.Restart()
+			// The publisher reconnects too; a publish that fails meanwhile is tried again, as a
+			// producer would.
+			eventually(t, 60*time.Second, "the second half published", func() bool {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				return fixture.Publish(ctx, p, dest, key, recv.URL()+"/in", n, n, 300) == nil
+			})
+			if !recv.WaitAll(60 * time.Second) {
+				_, missing, _ := recv.Tally()
+				t.Fatalf("%d of %d lost across the restart", missing, 2*n)
+			}
+			eventually(t, 30*time.Second, "readiness true again", func() bool {
+				_, body := status(t, port, "/status/ready", "k")
+				return body == `{"ready":true}`
+			})
+			_, _, dups := recv.Tally()
+			t.Logf("%s: %d of %d delivered across the restart, %d duplicates", tc.kind, 2*n, 2*n, dups)
+		})
 	}
-	eventually(t, 30*time.Second, "the first half delivered", func() bool { return recv.Total() >= n })
-	srv.Stop()
-	eventually(t, 20*time.Second, "readiness false while NATS is down", func() bool {
-		_, body := status(t, port, "/status/ready", "k")
-		return body == `{"ready":false}`
-	})
-	srv.Restart()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := fixture.Publish(ctx, p, queue, "", recv.URL()+"/in", n, n, 300); err != nil {
-		t.Fatal(err)
-	}
-	if !recv.WaitAll(60 * time.Second) {
-		_, missing, _ := recv.Tally()
-		t.Fatalf("%d of %d lost across the restart", missing, 2*n)
-	}
-	eventually(t, 20*time.Second, "readiness true again", func() bool {
-		_, body := status(t, port, "/status/ready", "k")
-		return body == `{"ready":true}`
-	})
 }
 
 func writeFile(t *testing.T, path, content string) {
