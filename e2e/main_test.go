@@ -3,25 +3,23 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/internal/fixture"
+	"github.com/heraldhq/herald/internal/proctest"
 	"github.com/heraldhq/herald/internal/redisq"
-	"github.com/heraldhq/herald/internal/redistest"
 	"github.com/redis/rueidis"
-	"log/slog"
 )
 
 var heraldBin string
@@ -45,26 +43,9 @@ func TestMain(m *testing.M) {
 type proc struct {
 	t    testing.TB
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *proctest.Output
 	done chan struct{}
 	err  error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start runs `herald <args>` with exactly env (no inherited variables).
@@ -72,7 +53,7 @@ func start(t testing.TB, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(heraldBin, args...)
 	cmd.Env = env
-	p := &proc{t: t, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{t: t, cmd: cmd, log: &proctest.Output{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting herald: %v", err)
@@ -125,7 +106,7 @@ func client(t testing.TB, url string) rueidis.Client {
 	return c
 }
 
-func freePort(t testing.TB) string { return strconv.Itoa(redistest.FreePort()) }
+func freePort(t testing.TB) string { return strconv.Itoa(proctest.FreePort()) }
 
 // status GETs a status path with the key and returns code and body.
 func status(t testing.TB, port, path, key string) (int, string) {

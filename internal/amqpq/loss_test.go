@@ -1,7 +1,6 @@
 package amqpq
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/amqpq/amqptest"
+	"github.com/heraldhq/herald/internal/proctest"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -365,24 +365,6 @@ func (p *proxy) up(t testing.TB) {
 	go p.serve(ln)
 }
 
-// syncBuffer is a log destination safe for the background goroutines that write to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestDialWaitsForBroker: Dial retries while nothing listens, giving up when its context ends,
 // and succeeds once the broker appears; the log never shows the password. A broker refusing
 // the credentials fails Dial at once.
@@ -400,7 +382,7 @@ func TestDialWaitsForBroker(t *testing.T) {
 	ln.Close() // nothing listens there until the proxy starts
 	u := *shared
 	u.Host = addr
-	var logs syncBuffer
+	var logs proctest.Output
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	o := Options{Queue: fmt.Sprintf("herald.test.wait.%d", time.Now().UnixNano()), Instance: "wait", EncodeDead: acapy.EncodeDead}
 

@@ -1,7 +1,6 @@
 package natsq
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/natsq/natstest"
+	"github.com/heraldhq/herald/internal/proctest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -303,7 +303,7 @@ func TestPublisherConnectionLoss(t *testing.T) {
 func TestConnectWaitsForServer(t *testing.T) {
 	srv := natstest.Start(t)
 	srv.Stop()
-	var logs syncBuffer
+	var logs proctest.Output
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	url := strings.Replace(srv.URL(), "nats://", "nats://herald:s3cret@", 1)
 
@@ -359,22 +359,4 @@ func TestConnectWaitsForServer(t *testing.T) {
 	if strings.Contains(out, "s3cret") {
 		t.Errorf("the log shows the password:\n%s", out)
 	}
-}
-
-// syncBuffer is a log destination written by nats.go's callback goroutine and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

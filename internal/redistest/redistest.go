@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/proctest"
 	"github.com/redis/rueidis"
 )
 
@@ -44,16 +45,6 @@ type Server struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-}
-
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func binary(t testing.TB) string {
@@ -90,9 +81,9 @@ func (s *Server) startOrFail() {
 	s.t.Helper()
 	var err error
 	for range 5 { // another process may take the free port between choosing and binding it
-		s.port = FreePort()
+		s.port = proctest.FreePort()
 		if s.bus != 0 {
-			s.bus = FreePort()
+			s.bus = proctest.FreePort()
 		}
 		if err = s.start(); err == nil {
 			return

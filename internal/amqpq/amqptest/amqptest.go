@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/proctest"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -65,8 +66,8 @@ func Start(t testing.TB) *Server {
 	}
 	var err error
 	for range 3 { // another process may take a free port between choosing and binding it
-		s.port = freePort(t)
-		s.env = s.environment(freePort(t))
+		s.port = proctest.FreePort()
+		s.env = s.environment(proctest.FreePort())
 		began := time.Now()
 		if err = s.start(); err == nil {
 			t.Logf("rabbitmq node %s on %s started in %s", s.node, s.Addr(), time.Since(began).Round(10*time.Millisecond))
@@ -138,15 +139,6 @@ func (s *Server) environment(distPort int) []string {
 		// Distribution, like AMQP, on loopback only.
 		"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}",
 	)
-}
-
-func freePort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func (s *Server) start() error {

@@ -6,20 +6,17 @@
 package natstest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/proctest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -30,7 +27,7 @@ type Server struct {
 	bin  string
 	port int
 	dir  string
-	log  *syncBuffer
+	log  *proctest.Output
 
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -47,31 +44,22 @@ func Start(t testing.TB) *Server {
 		}
 	}
 	// The directory comes first so that its removal, a cleanup of its own, runs after the stop.
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), log: &syncBuffer{}}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), log: &proctest.Output{}}
 	t.Cleanup(func() {
 		s.Stop()
 		if t.Failed() {
-			t.Logf("nats-server on port %d, log tail:\n%s", s.port, s.log.tail(30))
+			t.Logf("nats-server on port %d, log tail:\n%s", s.port, s.log.Tail(30))
 		}
 	})
 	var err error
 	for range 5 { // another process may bind the free port between choosing and using it
-		s.port = freePort(t)
+		s.port = proctest.FreePort()
 		if err = s.start(); err == nil {
 			return s
 		}
 	}
 	t.Fatalf("starting nats-server: %v", err)
 	return nil
-}
-
-func freePort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // URL is the server's nats:// URL.
@@ -130,7 +118,7 @@ func (s *Server) start() error {
 	s.cmd, s.exited = cmd, exited
 	if err := s.waitReady(10 * time.Second); err != nil {
 		s.Kill()
-		return fmt.Errorf("%w; log tail:\n%s", err, s.log.tail(10))
+		return fmt.Errorf("%w; log tail:\n%s", err, s.log.Tail(10))
 	}
 	return nil
 }
@@ -168,24 +156,4 @@ func (s *Server) ping() error {
 	defer cancel()
 	_, err = js.AccountInfo(ctx)
 	return err
-}
-
-// syncBuffer collects the server's output, written by exec's copying goroutine and read by the
-// test's.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) tail(n int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	lines := strings.Split(strings.TrimRight(b.b.String(), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
