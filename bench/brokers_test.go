@@ -19,7 +19,6 @@ import (
 	"github.com/heraldhq/herald/internal/kafkaq/kafkatest"
 	"github.com/heraldhq/herald/internal/natsq/natstest"
 	"github.com/heraldhq/herald/internal/redistest"
-	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // brokerMessages is how many messages one broker drain delivers (HERALD_BENCH_BROKER_N, default
@@ -81,7 +80,7 @@ func brokerDrain(b *testing.B, kind, url string, n int) float64 {
 	}
 	defer p.Close()
 	if kind == config.KindAMQP {
-		defer deleteAMQP(url, []string{queue, amqpq.DeadQueue(queue)}, []string{amqpq.DeadExchange(queue)})
+		defer func() { _ = amqpq.Remove(url, []string{queue}) }()
 	}
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
@@ -148,7 +147,7 @@ func brokerEvents(b *testing.B, bin, kind, url string, n int) float64 {
 				exchanges = append(exchanges, fmt.Sprintf("%s%s%d", prefix, route, w))
 			}
 		}
-		defer deleteAMQP(url, nil, exchanges)
+		defer func() { _ = amqpq.Remove(url, nil, exchanges...) }()
 	}
 	addr := startEvents(b, bin, env...)
 	total := n / ndjsonBatch * ndjsonBatch
@@ -161,23 +160,4 @@ func brokerEvents(b *testing.B, bin, kind, url string, n int) float64 {
 	b.ReportMetric(rate, "events/s")
 	b.ReportMetric(0, "ns/op")
 	return rate
-}
-
-// deleteAMQP removes what a run declared on the shared RabbitMQ.
-func deleteAMQP(url string, queues, exchanges []string) {
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	for _, q := range queues {
-		_, _ = ch.QueueDelete(q, false, false, false)
-	}
-	for _, x := range exchanges {
-		_ = ch.ExchangeDelete(x, false, false)
-	}
 }

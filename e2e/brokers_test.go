@@ -70,25 +70,7 @@ func outboundDest(kind, queue string) (dest, key string) {
 // cleanupAMQP deletes, when t ends, what a test declared on the shared RabbitMQ: outbound queues
 // (with their dead-letter queue and exchange) and exchanges.
 func cleanupAMQP(t *testing.T, queues []string, exchanges ...string) {
-	t.Cleanup(func() {
-		conn, err := amqp.Dial("amqp://guest:guest@127.0.0.1:5672/")
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return
-		}
-		for _, q := range queues {
-			_, _ = ch.QueueDelete(q, false, false, false)
-			_, _ = ch.QueueDelete(amqpq.DeadQueue(q), false, false, false)
-			exchanges = append(exchanges, amqpq.DeadExchange(q))
-		}
-		for _, x := range exchanges {
-			_ = ch.ExchangeDelete(x, false, false)
-		}
-	})
+	t.Cleanup(func() { _ = amqpq.Remove("amqp://guest:guest@127.0.0.1:5672/", queues, exchanges...) })
 }
 
 // metric reads the value of one series of a service's /metrics (its labels ignored).
@@ -256,9 +238,9 @@ func TestEventsToBrokers(t *testing.T) {
 			if err := ch.QueueBind(q.Name, key, exchange, false, nil); err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { _ = ch.ExchangeDelete(exchange, false, false) })
 			return q.Name
 		}
+		cleanupAMQP(t, nil, prefix+"callbacks", prefix+"openid_ciba_callbacks")
 		byState := bind(prefix+"callbacks", "active")
 		otherState := bind(prefix+"callbacks", "deleted")
 		byRequest := bind(prefix+"openid_ciba_callbacks", "r-9")

@@ -460,3 +460,31 @@ func DeadLetters(conn *amqp.Connection, queue string) ([][]byte, error) {
 
 // Declare makes queue and its dead-letter exchange and queue exist, for producers.
 func Declare(ch *amqp.Channel, queue string) error { return declare(ch, Options{Queue: queue}) }
+
+// Remove deletes, through a connection to url, what Declare made for each of queues (the queue,
+// its dead-letter queue and exchange) and the exchanges named. What is already gone is not an
+// error; only failing to reach the broker is.
+func Remove(url string, queues []string, exchanges ...string) error {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	remove(ch, queues, exchanges)
+	return nil
+}
+
+func remove(ch *amqp.Channel, queues, exchanges []string) {
+	for _, q := range queues {
+		_, _ = ch.QueueDelete(q, false, false, false)
+		_, _ = ch.QueueDelete(DeadQueue(q), false, false, false)
+		_ = ch.ExchangeDelete(DeadExchange(q), false, false)
+	}
+	for _, x := range exchanges {
+		_ = ch.ExchangeDelete(x, false, false)
+	}
+}

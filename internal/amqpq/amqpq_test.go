@@ -50,12 +50,7 @@ func testLog(t testing.TB) *slog.Logger {
 
 // deleteQueue removes a test queue and everything Dial or Open declared for it.
 func deleteQueue(ch *amqp.Channel, name string, exchanges ...string) {
-	for _, q := range []string{name, DeadQueue(name), retryQueue(name, 2*time.Second)} {
-		_, _ = ch.QueueDelete(q, false, false, false)
-	}
-	for _, x := range append(exchanges, DeadExchange(name)) {
-		_ = ch.ExchangeDelete(x, false, false)
-	}
+	remove(ch, []string{name, retryQueue(name, 2*time.Second)}, exchanges)
 }
 
 // conformance runs the engine's Source suite against fresh queues that open opens.
