@@ -342,6 +342,28 @@ func publish(ctx context.Context, ch *amqp.Channel, exchange, key string, body [
 // its own from then on. Skipping costs the delay and one retry count for this attempt (the
 // original comes back at once with its old count), which loses nothing.
 func (q *Queue) Retry(ctx context.Context, m *engine.Message, retries int, delay time.Duration) error {
+	delay = max(delay.Round(time.Millisecond), time.Millisecond)
+	name := retryQueue(q.o.Queue, delay)
+	return q.republish(ctx, m, func(s *live) error {
+		if err := s.decl.do(name, func(ch *amqp.Channel) error {
+			_, err := ch.QueueDeclare(name, true, false, false, false, amqp.Table{
+				"x-message-ttl":             delay.Milliseconds(),
+				"x-dead-letter-exchange":    "",
+				"x-dead-letter-routing-key": q.o.Queue,
+			})
+			return err
+		}); err != nil {
+			return fmt.Errorf("retry queue %s: %w", name, err)
+		}
+		return publish(ctx, s.ch, "", name, m.Raw, amqp.Table{retriesHeader: int64(retries)})
+	})
+}
+
+// republish settles m by publishing its copy (a retry, a dead letter) with send, confirmed, and
+// only then acknowledging it. A message of a lost connection, before or during the publish, is
+// settled without more: the original is back in the queue (the copy perhaps too: a duplicate at
+// worst).
+func (q *Queue) republish(ctx context.Context, m *engine.Message, send func(*live) error) error {
 	h, err := q.lookup(m)
 	if err != nil {
 		return err
@@ -350,32 +372,14 @@ func (q *Queue) Retry(ctx context.Context, m *engine.Message, retries int, delay
 		q.forget(m)
 		return nil
 	}
-	delay = max(delay.Round(time.Millisecond), time.Millisecond)
-	name := retryQueue(q.o.Queue, delay)
-	if err := h.s.decl.do(name, func(ch *amqp.Channel) error {
-		_, err := ch.QueueDeclare(name, true, false, false, false, amqp.Table{
-			"x-message-ttl":             delay.Milliseconds(),
-			"x-dead-letter-exchange":    "",
-			"x-dead-letter-routing-key": q.o.Queue,
-		})
+	if err := send(h.s); err != nil {
+		if h.s.gone() {
+			q.forget(m)
+			return nil
+		}
 		return err
-	}); err != nil {
-		return q.republishFailed(m, h, fmt.Errorf("retry queue %s: %w", name, err))
-	}
-	if err := publish(ctx, h.s.ch, "", name, m.Raw, amqp.Table{retriesHeader: int64(retries)}); err != nil {
-		return q.republishFailed(m, h, err)
 	}
 	return q.Ack(ctx, m)
-}
-
-// republishFailed settles m when its connection was lost meanwhile (the original is back in the
-// queue, the copy perhaps too: a duplicate at worst) and reports err otherwise.
-func (q *Queue) republishFailed(m *engine.Message, h held, err error) error {
-	if h.s.gone() {
-		q.forget(m)
-		return nil
-	}
-	return err
 }
 
 // DeadLetter implements engine.Source: the dead letter goes through the dead-letter exchange
@@ -383,19 +387,10 @@ func (q *Queue) republishFailed(m *engine.Message, h held, err error) error {
 // without a dead letter, for the reason Retry gives: the original is back and will be
 // dead-lettered when it fails again.
 func (q *Queue) DeadLetter(ctx context.Context, m *engine.Message, f engine.Failure) error {
-	h, err := q.lookup(m)
-	if err != nil {
-		return err
-	}
-	if h.s.gone() {
-		q.forget(m)
-		return nil
-	}
-	entry := q.o.EncodeDead(nil, m, f, q.o.Instance, time.Now())
-	if err := publish(ctx, h.s.ch, DeadExchange(q.o.Queue), q.o.Queue, entry, amqp.Table{"x-herald-reason": f.Reason}); err != nil {
-		return q.republishFailed(m, h, err)
-	}
-	return q.Ack(ctx, m)
+	return q.republish(ctx, m, func(s *live) error {
+		entry := q.o.EncodeDead(nil, m, f, q.o.Instance, time.Now())
+		return publish(ctx, s.ch, DeadExchange(q.o.Queue), q.o.Queue, entry, amqp.Table{"x-herald-reason": f.Reason})
+	})
 }
 
 // Release implements engine.Source: the messages go back to the queue, in their order. Messages
