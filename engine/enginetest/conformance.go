@@ -150,13 +150,20 @@ func orderedAndAcked(t *testing.T, q *Queue) {
 	if idx = slices.Compact(idx); len(idx) != n {
 		t.Fatalf("%d distinct messages of %d", len(idx), n)
 	}
+	// Acknowledged messages never come back, even once the crashed consumer's are redelivered.
+	nothingComesBack(t, q, crash, "an acknowledged message")
+}
+
+// nothingComesBack crashes a consumer that settled everything it took, once its
+// acknowledgments had time to leave, and checks that another consumer is handed nothing.
+func nothingComesBack(t *testing.T, q *Queue, crash func(), what string) {
+	t.Helper()
 	time.Sleep(ackLinger)
 	crash()
-	// Acknowledged messages never come back, even once the crashed consumer's are redelivered.
-	src2, crash2 := q.Open(t)
+	src, crash2 := q.Open(t)
 	defer crash2()
-	if again := take(t, src2, 1, q.Redeliver+2*time.Second); len(again) != 0 {
-		t.Fatalf("an acknowledged message came back: %q", again[0].Raw)
+	if again := take(t, src, 1, q.Redeliver+2*time.Second); len(again) != 0 {
+		t.Fatalf("%s came back: %q", what, again[0].Raw)
 	}
 }
 
@@ -241,13 +248,7 @@ func deadLetter(t *testing.T, q *Queue) {
 	if len(dead) != 1 || string(dead[0].Raw) != string(raw) || dead[0].Reason != "conformance: given up" {
 		t.Fatalf("dead-letter list: %+v, want the original entry with its reason", dead)
 	}
-	time.Sleep(ackLinger)
-	crash()
-	src2, crash2 := q.Open(t)
-	defer crash2()
-	if again := take(t, src2, 1, q.Redeliver+2*time.Second); len(again) != 0 {
-		t.Fatalf("a dead-lettered or acknowledged message came back: %q", again[0].Raw)
-	}
+	nothingComesBack(t, q, crash, "a dead-lettered or acknowledged message")
 }
 
 // releaseFirst: released messages are handed out again, none lost, the released ones in their
