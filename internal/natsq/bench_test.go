@@ -105,8 +105,7 @@ func BenchmarkPublishEvents(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(nc.Close)
-	name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
-	dropStream(b, nc, name)
+	name := freshStream(b, nc)
 	p, err := NewPublisher(context.Background(), nc, PublisherOptions{Stream: name, Subjects: []string{name + ".>"}})
 	if err != nil {
 		b.Fatal(err)

@@ -54,6 +54,13 @@ func dropStream(t testing.TB, nc *nats.Conn, name string) {
 	})
 }
 
+// freshStream names a stream no other test uses, deleted (if one was made) at t's end.
+func freshStream(t testing.TB, nc *nats.Conn) string {
+	name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
+	dropStream(t, nc, name)
+	return name
+}
+
 // readSubject returns what stream holds on subject, oldest first, waiting up to d for n entries.
 func readSubject(t testing.TB, nc *nats.Conn, stream, subject string, n int, d time.Duration) []enginetest.Stored {
 	t.Helper()
@@ -85,13 +92,12 @@ func readSubject(t testing.TB, nc *nats.Conn, stream, subject string, n int, d t
 // TestPublisherConformance runs the engine's Publisher suite against the shared server.
 func TestPublisherConformance(t *testing.T) {
 	enginetest.RunPublisher(t, func(t *testing.T) *enginetest.Target {
-		name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
 		nc, err := Connect(context.Background(), natsURL(), testLog(t))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(nc.Close)
-		dropStream(t, nc, name)
+		name := freshStream(t, nc)
 		p, err := NewPublisher(context.Background(), nc, PublisherOptions{Stream: name, Subjects: []string{name + ".>"}})
 		if err != nil {
 			t.Fatal(err)
@@ -117,8 +123,7 @@ func TestPublisherStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
-	dropStream(t, nc, name)
+	name := freshStream(t, nc)
 	config := func() jetstream.StreamConfig {
 		t.Helper()
 		s, err := js.Stream(ctx, name)
@@ -205,8 +210,7 @@ func BenchmarkPublish500(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(nc.Close)
-	name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
-	dropStream(b, nc, name)
+	name := freshStream(b, nc)
 	p, err := NewPublisher(context.Background(), nc, PublisherOptions{Stream: name, Subjects: []string{name}})
 	if err != nil {
 		b.Fatal(err)
@@ -234,8 +238,7 @@ func TestPublishRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("HERALDPUB%d", rand.Uint64())
-	dropStream(t, nc, name)
+	name := freshStream(t, nc)
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}, MaxMsgSize: 64}); err != nil {
 		t.Fatal(err)
 	}
