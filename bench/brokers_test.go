@@ -14,7 +14,6 @@ import (
 	"github.com/heraldhq/herald/internal/amqpq"
 	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
-	"github.com/heraldhq/herald/internal/deliver"
 	"github.com/heraldhq/herald/internal/fixture"
 	"github.com/heraldhq/herald/internal/kafkaq/kafkatest"
 	"github.com/heraldhq/herald/internal/natsq/natstest"
@@ -104,21 +103,10 @@ func brokerDrain(b *testing.B, kind, url string, n int) float64 {
 		if err != nil {
 			b.Fatal(err)
 		}
-		runCtx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
 		b.StartTimer()
-		start := time.Now()
-		go func() { done <- deliver.Run(runCtx, cfg, log) }()
-		if !recv.WaitAll(5 * time.Minute) {
-			b.Fatalf("%s: %d of %d arrived", kind, recv.Total(), n)
-		}
-		took := time.Since(start)
+		took := timedDrain(b, cfg, log, recv, n)
 		b.StopTimer()
 		total += took
-		stop()
-		if err := <-done; err != nil {
-			b.Fatal(err)
-		}
 		_, _, dups := recv.Tally()
 		b.Logf("%s: drained %d messages in %s: %.0f msgs/s (%d duplicates)", kind, n, took.Round(time.Millisecond), float64(n)/took.Seconds(), dups)
 		_ = recv.Close()

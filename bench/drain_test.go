@@ -139,23 +139,12 @@ func drain(b *testing.B, srv *redistest.Server, mode string) float64 {
 		if err != nil {
 			b.Fatal(err)
 		}
-		runCtx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
 		b.StartTimer()
-		start := time.Now()
 		redisCPU := fixture.CPUTime(srv.PID())
-		go func() { done <- deliver.Run(runCtx, cfg, log) }()
-		for recv.Total() < int64(n) {
-			time.Sleep(2 * time.Millisecond)
-		}
-		took := time.Since(start)
+		took := timedDrain(b, cfg, log, recv, n)
 		b.StopTimer()
 		redisCPU = fixture.CPUTime(srv.PID()) - redisCPU
 		total += took
-		stop()
-		if err := <-done; err != nil {
-			b.Fatal(err)
-		}
 		_, missing, dups := recv.Tally()
 		if missing != 0 {
 			b.Fatalf("%d messages missing", missing)
@@ -169,4 +158,25 @@ func drain(b *testing.B, srv *redistest.Server, mode string) float64 {
 	b.ReportMetric(rate, "msgs/s")
 	b.ReportMetric(0, "ns/op")
 	return rate
+}
+
+// timedDrain runs the deliverer with cfg until recv has all n messages, stops it, and returns how
+// long the delivering took (shutdown excluded).
+func timedDrain(b *testing.B, cfg config.Deliver, log *slog.Logger, recv *fixture.Receiver, n int) time.Duration {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- deliver.Run(ctx, cfg, log) }()
+	for recv.Total() < int64(n) {
+		if time.Since(start) > 5*time.Minute {
+			b.Fatalf("%d of %d arrived in 5 minutes", recv.Total(), n)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	took := time.Since(start)
+	stop()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	return took
 }
