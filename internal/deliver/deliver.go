@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
@@ -18,8 +17,8 @@ import (
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/recipkey"
 	"github.com/heraldhq/herald/internal/redisq"
+	"github.com/heraldhq/herald/internal/service"
 	"github.com/heraldhq/herald/internal/sink"
-	"github.com/heraldhq/herald/internal/status"
 	"github.com/redis/rueidis"
 )
 
@@ -27,24 +26,17 @@ import (
 // drain timeout), unstarted messages go back to the queue's head. Redis being down at start or
 // later is waited out, never fatal; only a status listener that cannot bind is an error.
 func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
-	if cfg.Source.Kind != config.KindRedis {
-		return runBroker(ctx, cfg, log)
-	}
-	obs := &metrics.Observer{M: metrics.New("deliver")}
-	m := obs.M
-	var queue atomic.Pointer[redisq.Queue]
-
-	stopStatus, err := status.Serve(cfg.Status.Host, cfg.Status.Port, cfg.Status.APIKey, status.Checks{
-		Ready: obs.Ready,
-		Live: func(ctx context.Context) bool {
-			q := queue.Load()
-			return q != nil && q.Ping(ctx) == nil
-		},
-	}, m.Registry(), log)
+	st, err := service.StartStatus("deliver", cfg.Status, log)
 	if err != nil {
 		return err
 	}
-	defer stopStatus()
+	defer st.Stop()
+	obs := &metrics.Observer{M: st.Metrics}
+	st.SetReady(obs.Ready)
+	if cfg.Source.Kind != config.KindRedis {
+		return runBroker(ctx, cfg, st, obs, log)
+	}
+	m := obs.M
 
 	client, err := redisq.Connect(ctx, cfg.Redis.URL, log)
 	if err != nil {
@@ -63,7 +55,7 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 		EncodeDead:  acapy.EncodeDead,
 		Log:         log,
 	})
-	queue.Store(q)
+	st.SetLive(func(ctx context.Context) bool { return q.Ping(ctx) == nil })
 	log.Info("herald deliver starting",
 		"redis", config.RedactURL(cfg.Redis.URL), "queue", keys.Queue, "retry_set", keys.RetrySet,
 		"dead_letter", keys.Dead, "mode", mode.String(), "instance", q.Instance(),
@@ -136,23 +128,10 @@ func pipeline(cfg config.Deliver, src engine.Source, out engine.Sink, obs engine
 
 // runBroker delivers from NATS, Kafka or RabbitMQ: the same pipeline, sink and policy as from
 // Redis, with retries and dead letters kept the broker's own way (see internal/broker).
-func runBroker(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
-	obs := &metrics.Observer{M: metrics.New("deliver")}
-	var live atomic.Pointer[func(context.Context) bool]
-	stopStatus, err := status.Serve(cfg.Status.Host, cfg.Status.Port, cfg.Status.APIKey, status.Checks{
-		Ready: obs.Ready,
-		Live: func(ctx context.Context) bool {
-			f := live.Load()
-			return f != nil && (*f)(ctx)
-		},
-	}, obs.M.Registry(), log)
-	if err != nil {
-		return err
-	}
-	defer stopStatus()
-
+func runBroker(ctx context.Context, cfg config.Deliver, st *service.Status, obs *metrics.Observer, log *slog.Logger) error {
 	var client rueidis.Client
 	if cfg.MediatorMode {
+		var err error
 		if client, err = redisq.Connect(ctx, cfg.Redis.URL, log); err != nil {
 			return nil // cancelled while waiting for Redis
 		}
@@ -179,8 +158,7 @@ func runBroker(ctx context.Context, cfg config.Deliver, log *slog.Logger) error 
 		return fmt.Errorf("HERALD_SOURCE %s: %w", cfg.Source.Redacted(), err)
 	}
 	defer src.Close()
-	f := src.Live
-	live.Store(&f)
+	st.SetLive(src.Live)
 	log.Info("herald deliver starting", append([]any{"source", cfg.Source.Redacted()}, append(src.Names,
 		"concurrency", cfg.Concurrency, "batch", cfg.Batch, "deny_private", cfg.DenyPrivate)...)...)
 

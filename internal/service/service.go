@@ -1,6 +1,6 @@
-// Package service starts what every listener service (relay, events) begins with: its metrics,
-// its status listener and its broker connection, in the order that keeps the status endpoints
-// truthful while the broker is still out of reach.
+// Package service starts what every service begins with: its metrics, its status listener and
+// its broker connection, in the order that keeps the status endpoints truthful while the broker
+// is still out of reach.
 package service
 
 import (
@@ -15,15 +15,17 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// Status is a started status listener: /status/ready answers Listening, /status/live the check
-// set once the broker is connected (until then the service is not live).
+// Status is a started status listener: /status/ready answers Listening (or the check SetReady
+// gives), /status/live the check set once the broker is connected (until then the service is
+// not live).
 type Status struct {
 	Metrics *metrics.Metrics
 	// Listening is set by the service once its listeners accept requests.
 	Listening atomic.Bool
 
-	live atomic.Pointer[func(context.Context) bool]
-	stop func()
+	ready atomic.Pointer[func() bool]
+	live  atomic.Pointer[func(context.Context) bool]
+	stop  func()
 }
 
 // StartStatus serves the status endpoints when configured.
@@ -31,7 +33,12 @@ func StartStatus(name string, st config.Status, log *slog.Logger) (*Status, erro
 	s := &Status{Metrics: metrics.New(name), stop: func() {}}
 	var err error
 	s.stop, err = status.Serve(st.Host, st.Port, st.APIKey, status.Checks{
-		Ready: s.Listening.Load,
+		Ready: func() bool {
+			if f := s.ready.Load(); f != nil {
+				return (*f)()
+			}
+			return s.Listening.Load()
+		},
 		Live: func(ctx context.Context) bool {
 			f := s.live.Load()
 			return f != nil && (*f)(ctx)
@@ -42,6 +49,10 @@ func StartStatus(name string, st config.Status, log *slog.Logger) (*Status, erro
 	}
 	return s, nil
 }
+
+// SetReady replaces Listening as the readiness check: a service without listeners (the
+// deliverer) is ready while its source answers.
+func (s *Status) SetReady(f func() bool) { s.ready.Store(&f) }
 
 // SetLive sets the liveness check.
 func (s *Status) SetLive(f func(context.Context) bool) { s.live.Store(&f) }
