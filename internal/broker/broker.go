@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
@@ -126,30 +125,15 @@ func OpenSource(ctx context.Context, b config.Broker, o SourceOptions, log *slog
 		keys := redisq.NewKeys(queue, queue+"_retry", "")
 		q := redisq.New(c, redisq.Options{Keys: keys, Mode: redisq.AtLeastOnce, Instance: o.Instance,
 			EncodeRetry: acapy.AppendRetryMember, EncodeDead: acapy.EncodeDead, Log: log})
-		for {
-			if err := q.Register(ctx); err == nil {
-				break
-			} else if ctx.Err() != nil {
-				c.Close()
-				return nil, ctx.Err()
-			}
-			time.Sleep(time.Second)
+		stop, err := q.Start(ctx)
+		if err != nil {
+			c.Close()
+			return nil, err
 		}
-		bg, stop := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() { defer wg.Done(); q.Run(bg) }()
 		return &Source{Source: q,
 			Names: []any{"list", keys.Queue, "retry_set", keys.RetrySet, "dead_letter", keys.Dead},
 			Live:  func(ctx context.Context) bool { return redisq.PingAll(ctx, c) == nil },
-			Close: func() {
-				stop()
-				wg.Wait()
-				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = q.Close(cctx)
-				c.Close()
-			}}, nil
+			Close: func() { stop(); c.Close() }}, nil
 	}
 	return nil, fmt.Errorf("broker: unknown kind %q", b.Kind)
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
@@ -66,34 +65,22 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 		return err
 	}
 
-	// The lease is written before the first take so that a crash right after it is visible.
-	for ctx.Err() == nil {
-		if err := q.Register(ctx); err == nil {
-			break
-		} else {
-			log.Warn("registering the instance lease failed; retrying", "err", err)
-			sleep(ctx, time.Second)
-		}
+	stopQueue, err := q.Start(ctx)
+	if err != nil {
+		return nil // cancelled before the lease was written: nothing was taken
 	}
-
-	bg, stopBg := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); q.Run(bg) }()
-	go func() { defer wg.Done(); watchDepth(bg, q, m, keys) }()
+	depth, stopDepth := context.WithCancel(context.Background())
+	depthDone := make(chan struct{})
+	go func() { defer close(depthDone); watchDepth(depth, q, m, keys) }()
 
 	p := pipeline(cfg, q, out, obs, log)
 	obs.SetReady(true)
 	err = p.Run(ctx)
 	obs.SetReady(false)
 
-	stopBg()
-	wg.Wait()
-	cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if cerr := q.Close(cctx); cerr != nil {
-		log.Error("returning unfinished messages failed; they return when the lease expires", "err", cerr)
-	}
+	stopDepth()
+	<-depthDone
+	stopQueue()
 	log.Info("herald deliver stopped")
 	return err
 }

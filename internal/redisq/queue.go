@@ -391,6 +391,43 @@ func (q *Queue) Run(ctx context.Context) {
 	wg.Wait()
 }
 
+// Start is a service's life cycle of the queue in one call: it registers the instance, retrying
+// while Redis refuses until ctx ends (then it returns ctx's error), and runs Run in the
+// background. The stop it returns ends Run and closes the queue; call it once the pipeline has
+// stopped taking.
+func (q *Queue) Start(ctx context.Context) (stop func(), err error) {
+	// The lease is written before the first take so that a crash right after it is visible.
+	for {
+		err := q.Register(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		q.o.Log.Warn("registering the instance lease failed; retrying", "err", err)
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); q.Run(bg) }()
+	return func() {
+		cancel()
+		<-done
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ccancel()
+		if err := q.Close(cctx); err != nil {
+			q.o.Log.Error("returning unfinished messages failed; they return when the lease expires", "err", err)
+		}
+	}, nil
+}
+
 // Register writes this instance's leases. Call it before the first Take so that a crash right
 // after is already visible to the reapers.
 func (q *Queue) Register(ctx context.Context) error {
