@@ -39,11 +39,6 @@ type Publisher struct {
 	Close func()
 }
 
-// QueueParam is the query parameter naming what a source reads, by kind.
-var QueueParam = map[string]string{
-	config.KindRedis: "list", config.KindNATS: "subject", config.KindKafka: "topic", config.KindAMQP: "queue",
-}
-
 // SourceOptions say what a Source reads when the URL does not.
 type SourceOptions struct {
 	// Queue is the default list, subject, topic or queue (the URL's parameter wins).
@@ -61,9 +56,9 @@ type SourceOptions struct {
 // are dead-lettered in the ACA-Py dead-letter format beside the queue: <queue>_dead (NATS stream
 // and subject, Kafka topic), the dead-letter exchange and queue (RabbitMQ), {<list>}:dead (Redis).
 func OpenSource(ctx context.Context, b config.Broker, o SourceOptions, log *slog.Logger) (*Source, error) {
-	queue := b.Param(QueueParam[b.Kind], o.Queue)
+	queue := b.Param(config.QueueParam[b.Kind], o.Queue)
 	if queue == "" {
-		return nil, &config.Error{Key: b.Redacted(), Reason: fmt.Sprintf("no %s named (?%s=)", QueueParam[b.Kind], QueueParam[b.Kind])}
+		return nil, &config.Error{Key: b.Redacted(), Reason: fmt.Sprintf("no %s named (?%s=)", config.QueueParam[b.Kind], config.QueueParam[b.Kind])}
 	}
 	group := b.Param("group", o.Group)
 	switch b.Kind {

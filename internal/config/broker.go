@@ -38,6 +38,10 @@ var BrokerParams = map[string][]string{
 	KindAMQP:  {"queue", "exchange", "routing_key"},
 }
 
+// QueueParam is the query parameter naming what a source reads, by kind: a bridge source must
+// have it; the deliverer's source defaults it to its outbound queue.
+var QueueParam = map[string]string{KindRedis: "list", KindNATS: "subject", KindKafka: "topic", KindAMQP: "queue"}
+
 // Param returns the query parameter name, or def when absent.
 func (b Broker) Param(name, def string) string {
 	if v := b.Params[name]; v != "" {

@@ -485,8 +485,6 @@ var EventsVars = []Var{
 	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
 }
 
-// fromParam is the query parameter a bridge source must have, by kind.
-var fromParam = map[string]string{KindRedis: "list", KindNATS: "subject", KindKafka: "topic", KindAMQP: "queue"}
 
 func orDefault(s, def string) string {
 	if s == "" {
@@ -544,8 +542,8 @@ func LoadEvents(env Env) (Events, error) {
 	if c.Sink.Kind == KindNATS && !c.Plugin.TopicMapsSet {
 		c.Plugin.EventTopicMaps = append([]engine.Route(nil), DefaultNATSEventTopicMaps...)
 	}
-	if c.From.Kind != "" && c.From.Params[fromParam[c.From.Kind]] == "" {
-		r.fail("HERALD_FROM", "a %s source names what to read with ?%s=", c.From.Kind, fromParam[c.From.Kind])
+	if c.From.Kind != "" && c.From.Params[QueueParam[c.From.Kind]] == "" {
+		r.fail("HERALD_FROM", "a %s source names what to read with ?%s=", c.From.Kind, QueueParam[c.From.Kind])
 	}
 	c.Key = r.str("HERALD_KEY", h.Key)
 	if c.Key == "" {
