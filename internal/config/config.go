@@ -485,7 +485,6 @@ var EventsVars = []Var{
 	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
 }
 
-
 func orDefault(s, def string) string {
 	if s == "" {
 		return def
