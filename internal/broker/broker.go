@@ -80,7 +80,15 @@ func OpenSource(ctx context.Context, b config.Broker, o SourceOptions, log *slog
 	case config.KindKafka:
 		ko := kafkaq.Options{Topic: queue, RetryTopic: queue + "_retry", DeadTopic: queue + "_dead", Group: group,
 			Seeds: b.Seeds, Instance: o.Instance, EncodeDead: acapy.EncodeDead}
-		if err := kafkaTopics(ctx, b.Seeds, queue, log); err != nil {
+		// The queue's topics are made by a publisher of its own: the consumer's client only
+		// reads and retries into them.
+		admin, err := kafkaq.NewPublisher(kafkaq.PublisherOptions{Seeds: b.Seeds})
+		if err != nil {
+			return nil, err
+		}
+		err = kafkaTopics(ctx, admin, queue, log)
+		admin.Close()
+		if err != nil {
 			return nil, err
 		}
 		q, err := kafkaq.Open(ko)
@@ -191,7 +199,7 @@ func OpenPublisher(ctx context.Context, b config.Broker, o PublisherOptions, log
 			return nil, err
 		}
 		for _, q := range o.Queues {
-			if err := kafkaTopics(ctx, b.Seeds, q, log); err != nil {
+			if err := kafkaTopics(ctx, p, q, log); err != nil {
 				p.Close()
 				return nil, err
 			}
@@ -260,22 +268,17 @@ func Subjects(templates []string) ([]string, error) {
 	return kept, nil
 }
 
-// kafkaTopics creates a queue's topics, its retry and dead-letter topics, waiting for the
-// cluster until ctx ends.
-func kafkaTopics(ctx context.Context, seeds []string, queue string, log *slog.Logger) error {
-	p, err := kafkaq.NewPublisher(kafkaq.PublisherOptions{Seeds: seeds})
-	if err != nil {
-		return err
-	}
-	defer p.Close()
+// kafkaTopics creates a queue's topics, its retry and dead-letter topics, through p, waiting for
+// the cluster until ctx ends.
+func kafkaTopics(ctx context.Context, p *kafkaq.Publisher, queue string, log *slog.Logger) error {
+	topics := []string{queue, queue + "_retry", queue + "_dead"}
 	wait := time.Second
 	for {
-		err := p.CreateTopics(ctx, queue, queue+"_retry", queue+"_dead")
+		err := p.CreateTopics(ctx, topics...)
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
-		log.Warn("creating the Kafka topics failed; retrying", "topics", []string{queue, queue + "_retry", queue + "_dead"},
-			"seeds", seeds, "err", err, "retry_in", wait)
+		log.Warn("creating the Kafka topics failed; retrying", "topics", topics, "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
