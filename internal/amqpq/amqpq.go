@@ -456,10 +456,32 @@ func DeadLetters(conn *amqp.Connection, queue string) ([][]byte, error) {
 // Declare makes queue and its dead-letter exchange and queue exist, for producers.
 func Declare(ch *amqp.Channel, queue string) error { return declare(ch, Options{Queue: queue}) }
 
+// DeclareQueues makes queues exist as a deliverer's Dial declares them, through a connection to
+// url: a producer that starts first must not publish to a queue not declared yet, which the
+// default exchange would confirm and drop.
+func DeclareQueues(url string, queues ...string) error {
+	return withChannel(url, func(ch *amqp.Channel) error {
+		for _, q := range queues {
+			if err := Declare(ch, q); err != nil {
+				return fmt.Errorf("declaring the queue %s: %w", q, err)
+			}
+		}
+		return nil
+	})
+}
+
 // Remove deletes, through a connection to url, what Declare made for each of queues (the queue,
 // its dead-letter queue and exchange) and the exchanges named. What is already gone is not an
 // error; only failing to reach the broker is.
 func Remove(url string, queues []string, exchanges ...string) error {
+	return withChannel(url, func(ch *amqp.Channel) error {
+		remove(ch, queues, exchanges)
+		return nil
+	})
+}
+
+// withChannel runs f on a channel of a connection to url made for it.
+func withChannel(url string, f func(*amqp.Channel) error) error {
 	conn, err := amqp.Dial(url)
 	if err != nil {
 		return err
@@ -469,8 +491,7 @@ func Remove(url string, queues []string, exchanges ...string) error {
 	if err != nil {
 		return err
 	}
-	remove(ch, queues, exchanges)
-	return nil
+	return f(ch)
 }
 
 func remove(ch *amqp.Channel, queues, exchanges []string) {

@@ -17,7 +17,6 @@ import (
 	"github.com/heraldhq/herald/internal/kafkaq"
 	"github.com/heraldhq/herald/internal/natsq"
 	"github.com/heraldhq/herald/internal/redisq"
-	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // Source is an opened at-least-once Source.
@@ -211,7 +210,7 @@ func OpenPublisher(ctx context.Context, b config.Broker, o PublisherOptions, log
 			return nil, err
 		}
 		if len(o.Queues) > 0 {
-			if err := declareAMQP(b.URL, o.Queues); err != nil {
+			if err := amqpq.DeclareQueues(b.URL, o.Queues...); err != nil {
 				p.Close()
 				return nil, err
 			}
@@ -286,24 +285,4 @@ func kafkaTopics(ctx context.Context, p *kafkaq.Publisher, queue string, log *sl
 		}
 		wait = min(2*wait, 30*time.Second)
 	}
-}
-
-// declareAMQP declares the outbound queues as the deliverer does: a message published through
-// the default exchange to a queue that does not exist yet would be confirmed and dropped.
-func declareAMQP(url string, queues []string) error {
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
-	for _, q := range queues {
-		if err := amqpq.Declare(ch, q); err != nil {
-			return fmt.Errorf("declaring the outbound queue %s: %w", q, err)
-		}
-	}
-	return nil
 }
