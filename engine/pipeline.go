@@ -48,7 +48,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	settleCtx, cancelSettle := context.WithCancel(context.Background())
 	defer cancelSettle()
 
-	work := make(chan *Message, batch)
+	// The pipeline holds at most one message per worker plus one batch read ahead; room counts
+	// what is left of that, so taking never outruns delivery and a stalled sink stops the taking.
+	r := newRoom(workers + batch)
+	work := make(chan *Message, workers+batch)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -56,11 +59,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			defer wg.Done()
 			for m := range work {
 				p.handle(settleCtx, m)
+				r.give(1)
 			}
 		}()
 	}
 
-	p.takeLoop(ctx, work, batch)
+	p.takeLoop(ctx, work, r, batch)
 
 	// Messages still queued in work were taken but not started: give them back.
 	var pending []*Message
@@ -103,18 +107,29 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	return nil
 }
 
-// takeLoop feeds work until ctx is cancelled. Because work is small and the workers pull from it,
-// a slow sink stops the taking: backpressure instead of memory.
-func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, batch int) {
+// takeLoop feeds work until ctx is cancelled. Each take asks for as many messages as there is
+// room for, up to batch: under load the room that frees while one take is on its way is what the
+// next one fetches, so the supply keeps up with the workers however slow the round trip gets
+// (on a busy machine it is the scheduler's latency, not Redis, that stretches it); when the sink
+// is slow the takes shrink, and when it stalls they stop.
+func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, r *room, batch int) {
 	buf := make([]*Message, 0, batch)
 	var backoff time.Duration
+	idle := func() bool { return len(work) == 0 }
 	for ctx.Err() == nil {
+		n := r.take(ctx, batch, idle)
+		if n == 0 {
+			return // ctx is done
+		}
 		var err error
-		buf, err = p.Source.Take(ctx, buf[:0], batch)
+		buf, err = p.Source.Take(ctx, buf[:0], n)
 		p.Observer.SourceHealth(err)
+		r.give(n - len(buf))
+		// What a failed take still brought is delivered; on shutdown Run releases it.
+		p.dispatch(work, buf)
 		if err != nil {
 			if ctx.Err() != nil {
-				break
+				return
 			}
 			backoff = nextBackoff(backoff)
 			p.Log.Warn("taking from the source failed; backing off", "err", err, "retry_in", backoff)
@@ -122,27 +137,61 @@ func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, batch int
 			continue
 		}
 		backoff = 0
-		if len(buf) == 0 {
-			continue
+	}
+}
+
+// dispatch hands taken messages to the workers. It never blocks: room reserved a place for each.
+func (p *Pipeline) dispatch(work chan<- *Message, ms []*Message) {
+	if len(ms) == 0 {
+		return
+	}
+	p.Observer.Taken(len(ms))
+	for _, m := range ms {
+		work <- m
+	}
+}
+
+// room counts the messages the pipeline may still take.
+type room struct {
+	mu   sync.Mutex
+	free int
+	wake chan struct{}
+}
+
+func newRoom(n int) *room { return &room{free: n, wake: make(chan struct{}, 1)} }
+
+// give returns n places.
+func (r *room) give(n int) {
+	if n <= 0 {
+		return
+	}
+	r.mu.Lock()
+	r.free += n
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take reserves up to max places and returns how many, 0 only when ctx is done. It waits for
+// half of max to be free, so that a slow sink's trickle of finished deliveries is not fetched one
+// message per round trip, unless idle says the workers are about to run dry.
+func (r *room) take(ctx context.Context, max int, idle func() bool) int {
+	want := (max + 1) / 2
+	for {
+		r.mu.Lock()
+		n := min(r.free, max)
+		if n >= want || (n > 0 && idle()) {
+			r.free -= n
+			r.mu.Unlock()
+			return n
 		}
-		p.Observer.Taken(len(buf))
-		for i, m := range buf {
-			select {
-			case work <- m:
-			case <-ctx.Done():
-				// Unsent messages go back in one call; the ones already handed over are
-				// released by Run from the channel or delivered by the workers.
-				rest := buf[i:]
-				if err := p.Source.Release(context.Background(), rest); err != nil {
-					p.Log.Error("could not release unstarted messages; they return when this instance's lease expires",
-						"count", len(rest), "err", err)
-				}
-				for _, m := range rest {
-					p.Observer.Settled(Released, sinceTaken(m))
-					PutMessage(m)
-				}
-				return
-			}
+		r.mu.Unlock()
+		select {
+		case <-r.wake:
+		case <-ctx.Done():
+			return 0
 		}
 	}
 }

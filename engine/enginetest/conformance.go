@@ -332,9 +332,8 @@ func backpressure(t *testing.T, q *Queue) {
 	done := make(chan struct{})
 	go func() { _ = p.Run(ctx); close(done) }()
 
-	// The pipeline may hold one batch per worker slot, one in its channel and one being handed
-	// over: workers + 2 batches.
-	const bound = workers + 2*batch
+	// The pipeline holds at most one message per worker and one batch read ahead.
+	const bound = workers + batch
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		if got := obs.taken.Load(); got > bound {

@@ -11,7 +11,7 @@ func TestLoadDeliverDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Redis.TopicPrefix != "acapy" || c.Concurrency != 256 || c.Batch != 64 || c.Timeout != 10*time.Second ||
+	if c.Redis.TopicPrefix != "acapy" || c.Concurrency != 256 || c.Batch != 256 || c.Timeout != 10*time.Second ||
 		c.Mode != "at-least-once" || c.DropExhausted || c.Status.Enabled() {
 		t.Fatalf("defaults: %+v", c)
 	}
