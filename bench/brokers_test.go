@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,30 +42,73 @@ func BenchmarkBrokers(b *testing.B) {
 		b.Fatal(err)
 	}
 	rs := redistest.Standalone(b)
+	ns := natstest.Start(b)
 	kinds := []struct {
 		kind string
 		url  string
+		pid  func() int // the broker's process, 0 for kfake (it runs in this one)
 	}{
-		{config.KindRedis, rs.URL()},
-		{config.KindNATS, natstest.Start(b).URL()},
-		{config.KindKafka, "kafka://" + kafkatest.Start(b).Addr()},
-		{config.KindAMQP, "amqp://guest:guest@127.0.0.1:5672/"},
+		{config.KindRedis, rs.URL(), rs.PID},
+		{config.KindNATS, ns.URL(), ns.PID},
+		{config.KindKafka, "kafka://" + kafkatest.Start(b).Addr(), func() int { return 0 }},
+		{config.KindAMQP, "amqp://guest:guest@127.0.0.1:5672/", rabbitPID},
 	}
 	n := brokerMessages()
-	drains, routes := map[string]float64{}, map[string]float64{}
+	drains, routes := map[string]cost{}, map[string]cost{}
 	for _, k := range kinds {
-		b.Run("drain/"+k.kind, func(b *testing.B) { drains[k.kind] = brokerDrain(b, k.kind, k.url, n) })
-		b.Run("events/"+k.kind, func(b *testing.B) { routes[k.kind] = brokerEvents(b, bin, k.kind, k.url, n) })
+		b.Run("drain/"+k.kind, func(b *testing.B) { drains[k.kind] = brokerDrain(b, k.kind, k.url, k.pid(), n) })
+		b.Run("events/"+k.kind, func(b *testing.B) { routes[k.kind] = brokerEvents(b, bin, k.kind, k.url, k.pid(), n) })
 	}
+	fmt.Println("CPU is each process's user + system time over the run divided by the messages or events;")
+	fmt.Println("kfake runs inside the benchmark's process, so its own CPU is not told apart.")
 	for _, k := range kinds {
-		fmt.Printf("%-6s drain %7.0f msgs/s (%.2f of Redis); events routed %7.0f events/s (%.2f of Redis)\n",
-			k.kind, drains[k.kind], ratio(drains[k.kind], drains[config.KindRedis]),
-			routes[k.kind], ratio(routes[k.kind], routes[config.KindRedis]))
+		d, e := drains[k.kind], routes[k.kind]
+		fmt.Printf("%-6s drain %7.0f msgs/s (%.2f of Redis), broker %s/msg; events routed %7.0f events/s (%.2f of Redis), broker %s/event, herald events %.1f µs/event\n",
+			k.kind, d.rate, ratio(d.rate, drains[config.KindRedis].rate), micros(d.broker),
+			e.rate, ratio(e.rate, routes[config.KindRedis].rate), micros(e.broker), e.herald)
 	}
 }
 
+// cost is one measured run: its rate, and the CPU microseconds per message or event that the
+// broker (-1: not measured) and the herald events process spent.
+type cost struct {
+	rate, broker, herald float64
+}
+
+func micros(us float64) string {
+	if us < 0 {
+		return "   n/a"
+	}
+	return fmt.Sprintf("%4.1f µs", us)
+}
+
+// rabbitPID finds the RabbitMQ node on this machine (its Erlang VM, beam.smp), 0 if none.
+func rabbitPID() int {
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if comm, _ := os.ReadFile("/proc/" + d.Name() + "/comm"); strings.TrimSpace(string(comm)) == "beam.smp" {
+			if cmdline, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline"); strings.Contains(string(cmdline), "rabbit") {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// perItem is the CPU pid spent since from, in microseconds per item; -1 when pid is 0.
+func perItem(pid int, from time.Duration, items int) float64 {
+	if pid == 0 {
+		return -1
+	}
+	return float64((fixture.CPUTime(pid) - from).Microseconds()) / float64(items)
+}
+
 // brokerDrain prefills n entries for a fresh queue and times the deliverer emptying it.
-func brokerDrain(b *testing.B, kind, url string, n int) float64 {
+func brokerDrain(b *testing.B, kind, url string, pid, n int) cost {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	prefix := fmt.Sprintf("bench%d", rand.Uint32())
 	queue := prefix + "_outbound"
@@ -81,7 +125,7 @@ func brokerDrain(b *testing.B, kind, url string, n int) float64 {
 	if kind == config.KindAMQP {
 		defer func() { _ = amqpq.Remove(url, []string{queue}) }()
 	}
-	var total time.Duration
+	var total, cpu time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		recv, err := fixture.NewReceiver(n)
@@ -104,8 +148,10 @@ func brokerDrain(b *testing.B, kind, url string, n int) float64 {
 			b.Fatal(err)
 		}
 		b.StartTimer()
+		cpu0 := fixture.CPUTime(pid)
 		took := timedDrain(b, cfg, log, recv, n)
 		b.StopTimer()
+		cpu += fixture.CPUTime(pid) - cpu0
 		total += took
 		_, _, dups := recv.Tally()
 		b.Logf("%s: drained %d messages in %s: %.0f msgs/s (%d duplicates)", kind, n, took.Round(time.Millisecond), float64(n)/took.Seconds(), dups)
@@ -114,11 +160,15 @@ func brokerDrain(b *testing.B, kind, url string, n int) float64 {
 	rate := float64(n*b.N) / total.Seconds()
 	b.ReportMetric(rate, "msgs/s")
 	b.ReportMetric(0, "ns/op")
-	return rate
+	c := cost{rate: rate, broker: -1}
+	if pid != 0 {
+		c.broker = float64(cpu.Microseconds()) / float64(n*b.N)
+	}
+	return c
 }
 
 // brokerEvents runs herald events with the broker as its sink and posts n events to it.
-func brokerEvents(b *testing.B, bin, kind, url string, n int) float64 {
+func brokerEvents(b *testing.B, bin, kind, url string, pid, n int) cost {
 	env := []string{"HERALD_SINK=" + url}
 	if kind == config.KindRedis {
 		env = []string{"REDIS_SERVER_URL=" + url}
@@ -137,15 +187,16 @@ func brokerEvents(b *testing.B, bin, kind, url string, n int) float64 {
 		}
 		defer func() { _ = amqpq.Remove(url, nil, exchanges...) }()
 	}
-	addr := startEvents(b, bin, env...)
+	addr, events := startEvents(b, bin, env...)
 	total := n / ndjsonBatch * ndjsonBatch
-	var rate float64
+	var c cost
 	for i := 0; i < b.N; i++ {
+		broker0, herald0 := fixture.CPUTime(pid), fixture.CPUTime(events)
 		took := postNDJSON(b, addr, total)
-		rate = float64(total) / took.Seconds()
-		b.Logf("%s: %d events (%d entries) routed in %s: %.0f events/s", kind, total, 2*total, took.Round(time.Millisecond), rate)
+		c = cost{rate: float64(total) / took.Seconds(), broker: perItem(pid, broker0, total), herald: perItem(events, herald0, total)}
+		b.Logf("%s: %d events (%d entries) routed in %s: %.0f events/s", kind, total, 2*total, took.Round(time.Millisecond), c.rate)
 	}
-	b.ReportMetric(rate, "events/s")
+	b.ReportMetric(c.rate, "events/s")
 	b.ReportMetric(0, "ns/op")
-	return rate
+	return c
 }

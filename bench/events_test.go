@@ -44,7 +44,7 @@ func BenchmarkEventsNDJSON(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	addr := startEvents(b, bin, "REDIS_SERVER_URL="+srv.URL())
+	addr, _ := startEvents(b, bin, "REDIS_SERVER_URL="+srv.URL())
 	total := eventsTotal() / ndjsonBatch * ndjsonBatch
 	var rate float64
 	for i := 0; i < b.N; i++ {
@@ -123,13 +123,13 @@ func postNDJSON(b *testing.B, addr string, total int) time.Duration {
 }
 
 // startEvents runs the herald events binary with env on a free port until b ends and returns
-// its address once it accepts connections.
-func startEvents(b *testing.B, bin string, env ...string) string {
+// its address and process id once it accepts connections.
+func startEvents(b *testing.B, bin string, env ...string) (addr string, pid int) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	addr = ln.Addr().String()
 	_ = ln.Close()
 	cmd := exec.Command(bin, "events")
 	cmd.Env = append(env, "HERALD_LISTEN="+addr, "HERALD_MAX_BODY=16777216")
@@ -142,7 +142,7 @@ func startEvents(b *testing.B, bin string, env ...string) string {
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if conn, err := net.Dial("tcp", addr); err == nil {
 			_ = conn.Close()
-			return addr
+			return addr, cmd.Process.Pid
 		}
 		if time.Now().After(deadline) {
 			b.Fatalf("herald events did not start: %s", log.String())

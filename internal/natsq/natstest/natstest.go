@@ -65,6 +65,14 @@ func Start(t testing.TB) *Server {
 // URL is the server's nats:// URL.
 func (s *Server) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(s.port) }
 
+// PID is the server process's id, 0 while it is stopped.
+func (s *Server) PID() int {
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // StoreDir is where the server keeps its JetStream data.
 func (s *Server) StoreDir() string { return s.dir }
 
