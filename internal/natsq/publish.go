@@ -57,10 +57,52 @@ type Publisher struct {
 	inbox string // the acks of call id come to inbox.id
 	next  atomic.Uint64
 	mu    sync.Mutex
-	// calls holds, for each call waiting for acks, the channel its acks arrive on (nil for an
-	// entry stored). It has room for a window, the most a call has unacknowledged, so that the
-	// subscription's handler never blocks on it, even for a call that has given up.
-	calls map[uint64]chan error
+	calls map[uint64]*pubCall // the calls waiting for acks
+}
+
+// pubCall counts the acks of one Publish call. The subscription's handler counts them and wakes
+// the call only once as many have come as it waits for (or an error), not at every ack: a call
+// of 2,000 entries is woken a few times, not 2,000.
+type pubCall struct {
+	mu     sync.Mutex
+	acked  int
+	err    error
+	awaits int           // the count the call is waiting for, 0 when it is not waiting
+	wake   chan struct{} // capacity 1
+}
+
+// note records one reply.
+func (c *pubCall) note(err error) {
+	c.mu.Lock()
+	if err != nil {
+		if c.err == nil {
+			c.err = err
+		}
+	} else {
+		c.acked++
+	}
+	ready := c.awaits > 0 && (c.err != nil || c.acked >= c.awaits)
+	if ready {
+		c.awaits = 0
+	}
+	c.mu.Unlock()
+	if ready {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// reached says whether n acks have come, or an error; if neither, the call waits for n.
+func (c *pubCall) reached(n int) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil || c.acked >= n {
+		return true, c.err
+	}
+	c.awaits = n
+	return false, nil
 }
 
 // NewPublisher returns a Publisher on nc, creating or completing its stream.
@@ -74,7 +116,7 @@ func NewPublisher(ctx context.Context, nc *nats.Conn, o PublisherOptions) (*Publ
 			return nil, fmt.Errorf("natsq: stream %s: %w", o.Stream, err)
 		}
 	}
-	p := &Publisher{nc: nc, js: js, inbox: nc.NewInbox(), calls: map[uint64]chan error{}}
+	p := &Publisher{nc: nc, js: js, inbox: nc.NewInbox(), calls: map[uint64]*pubCall{}}
 	if _, err := nc.Subscribe(p.inbox+".*", p.ack); err != nil {
 		return nil, fmt.Errorf("natsq: subscribing to publish acks: %w", err)
 	}
@@ -89,14 +131,10 @@ func (p *Publisher) ack(m *nats.Msg) {
 		return
 	}
 	p.mu.Lock()
-	acks := p.calls[id]
+	c := p.calls[id]
 	p.mu.Unlock()
-	if acks == nil {
-		return
-	}
-	select {
-	case acks <- ackError(m):
-	default: // more replies than entries: not JetStream's
+	if c != nil {
+		c.note(ackError(m))
 	}
 }
 
@@ -180,23 +218,24 @@ func (p *Publisher) Publish(ctx context.Context, ps []engine.Publication) error 
 	}
 	id := p.next.Add(1)
 	reply := p.inbox + "." + strconv.FormatUint(id, 10)
-	acks := make(chan error, min(len(ps), pubWindow))
+	c := &pubCall{wake: make(chan struct{}, 1)}
 	p.mu.Lock()
-	p.calls[id] = acks
+	p.calls[id] = c
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
 		delete(p.calls, id)
 		p.mu.Unlock()
 	}()
-	w := newAckWaiter(ctx, acks)
+	w := ackWaiter{ctx: ctx, call: c, stall: time.NewTimer(pubAckTimeout)}
 	defer w.stall.Stop()
 
 	// Neighbouring entries often share a destination: its subject string is made once for them.
 	var subject string
 	for i := range ps {
-		if i-w.acked == pubWindow {
-			if err := w.wait(); err != nil {
+		if i >= pubWindow && i%(pubWindow/2) == 0 {
+			// Keep at most a window unacknowledged, waiting for half of it at a time.
+			if err := w.until(i - pubWindow/2); err != nil {
 				return err
 			}
 		}
@@ -216,45 +255,40 @@ func (p *Publisher) Publish(ctx context.Context, ps []engine.Publication) error 
 			return fmt.Errorf("natsq: publish to %s: %w", subject, err)
 		}
 	}
-	for w.acked < len(ps) {
-		if err := w.wait(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return w.until(len(ps))
 }
 
-// ackWaiter counts the acks of one call. An ack that never comes fails the call once
+// ackWaiter waits for the acks of one call. An ack that never comes fails the call once
 // pubAckTimeout passes without one, for a caller without a deadline.
 type ackWaiter struct {
 	ctx   context.Context
-	acks  <-chan error
-	acked int
+	call  *pubCall
 	stall *time.Timer
-	seen  int // acked when stall was last set
+	seen  int // acks counted when stall was last set
 }
 
-func newAckWaiter(ctx context.Context, acks <-chan error) *ackWaiter {
-	return &ackWaiter{ctx: ctx, acks: acks, stall: time.NewTimer(pubAckTimeout)}
-}
-
-// wait takes the next ack.
-func (w *ackWaiter) wait() error {
+// until returns once n entries of the call are stored, or with the first error.
+func (w *ackWaiter) until(n int) error {
 	for {
-		select {
-		case err := <-w.acks:
-			if err != nil {
-				return fmt.Errorf("natsq: publish: %w", err)
-			}
-			w.acked++
+		done, err := w.call.reached(n)
+		if err != nil {
+			return fmt.Errorf("natsq: publish: %w", err)
+		}
+		if done {
 			return nil
+		}
+		select {
+		case <-w.call.wake:
 		case <-w.ctx.Done():
 			return fmt.Errorf("natsq: waiting for JetStream to store a publication: %w", w.ctx.Err())
 		case <-w.stall.C:
-			if w.acked == w.seen {
+			w.call.mu.Lock()
+			acked := w.call.acked
+			w.call.mu.Unlock()
+			if acked == w.seen {
 				return fmt.Errorf("natsq: no ack from JetStream in %s: %w", pubAckTimeout, nats.ErrTimeout)
 			}
-			w.seen = w.acked
+			w.seen = acked
 			w.stall.Reset(pubAckTimeout)
 		}
 	}
