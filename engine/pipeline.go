@@ -115,9 +115,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, r *room, batch int) {
 	buf := make([]*Message, 0, batch)
 	var backoff time.Duration
-	idle := func() bool { return len(work) == 0 }
 	for ctx.Err() == nil {
-		n := r.take(ctx, batch, idle)
+		n := r.take(ctx, batch)
 		if n == 0 {
 			return // ctx is done
 		}
@@ -176,13 +175,14 @@ func (r *room) give(n int) {
 
 // take reserves up to max places and returns how many, 0 only when ctx is done. It waits for
 // half of max to be free, so that a slow sink's trickle of finished deliveries is not fetched one
-// message per round trip, unless idle says the workers are about to run dry.
-func (r *room) take(ctx context.Context, max int, idle func() bool) int {
+// message per round trip. The workers cannot run dry meanwhile: with one place per worker and max
+// more, fewer than max/2 free places means more than max/2 messages wait for a worker.
+func (r *room) take(ctx context.Context, max int) int {
 	want := (max + 1) / 2
 	for {
 		r.mu.Lock()
 		n := min(r.free, max)
-		if n >= want || (n > 0 && idle()) {
+		if n >= want {
 			r.free -= n
 			r.mu.Unlock()
 			return n
