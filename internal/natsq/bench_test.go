@@ -30,7 +30,7 @@ func (s *countSink) Deliver(*engine.Message) engine.Result {
 }
 
 // BenchmarkDrain prefills a queue with 20,000 outbound entries of about 300 bytes and times a
-// pipeline shaped as `herald deliver` runs it (64 a take, 256 workers) emptying it.
+// pipeline shaped as `herald deliver` runs it (up to 256 a take, 256 workers) emptying it.
 func BenchmarkDrain(b *testing.B) {
 	const n = 20000
 	ctx := context.Background()
@@ -72,7 +72,7 @@ func BenchmarkDrain(b *testing.B) {
 		sink := &countSink{done: make(chan struct{})}
 		sink.want.Store(n)
 		p := &engine.Pipeline{Source: q, Decode: acapy.DecodeOutbound, Sink: sink,
-			Workers: 256, Batch: 64, DrainTimeout: 5 * time.Second}
+			Workers: 256, Batch: 256, DrainTimeout: 5 * time.Second}
 		runCtx, stop := context.WithCancel(ctx)
 		ran := make(chan struct{})
 		b.StartTimer()
