@@ -1,12 +1,19 @@
 // Package proctest holds what tests that start servers and processes share: a free port to
-// start them on and a buffer that captures what they, or background goroutines, write.
+// start them on, their life cycle (start, readiness, stop with a deadline), and buffers and log
+// tails of what they write.
 package proctest
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // FreePort returns a TCP port on 127.0.0.1 that nothing listens on at the moment of the call.
@@ -41,7 +48,92 @@ func (o *Output) String() string {
 }
 
 // Tail returns the last n lines written.
-func (o *Output) Tail(n int) string {
-	lines := strings.Split(strings.TrimRight(o.String(), "\n"), "\n")
+func (o *Output) Tail(n int) string { return lastLines(o.String(), n) }
+
+// Process is a server process a test started. It is reaped in the background, so that its exit
+// can be waited for with a deadline and a stop that hangs ends in a kill.
+type Process struct {
+	cmd   *exec.Cmd
+	group bool
+	done  chan struct{}
+}
+
+// Start starts cmd. With group, cmd runs in a process group of its own and a kill reaches the
+// whole group: for a script that starts the real server as its child.
+func Start(cmd *exec.Cmd, group bool) (*Process, error) {
+	if group {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Process{cmd: cmd, group: group, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+// PID is the process id.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// Exited is closed once the process has exited.
+func (p *Process) Exited() <-chan struct{} { return p.done }
+
+// Stop sends sig and waits until the process is gone, killing it once grace has passed. A
+// SIGKILL goes to the whole group of a group process.
+func (p *Process) Stop(sig syscall.Signal, grace time.Duration) {
+	if sig == syscall.SIGKILL {
+		p.kill()
+	} else {
+		_ = p.cmd.Process.Signal(sig)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		p.kill()
+		<-p.done
+	}
+}
+
+func (p *Process) kill() {
+	if p.group {
+		// The group's id stays reserved while its unreaped leader is in it.
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		return
+	}
+	_ = p.cmd.Process.Kill()
+}
+
+// Await calls probe until it succeeds and returns nil, or returns an error once limit has passed
+// or exited is closed (a server that died while booting). A nil exited is never closed.
+func Await(exited <-chan struct{}, limit time.Duration, probe func() error) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := probe()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return errors.New("the process exited while starting")
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s: %w", limit, err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// FileTail returns the last n lines of the log file at path, and false when it cannot be read.
+func FileTail(path string, n int) (string, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", false
+	}
+	return lastLines(string(b), n), true
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

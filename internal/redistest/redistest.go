@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -43,8 +42,7 @@ type Server struct {
 	args []string
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *proctest.Process // nil while stopped
 }
 
 func binary(t testing.TB) string {
@@ -102,14 +100,12 @@ func (s *Server) start() error {
 		// 55535; a free port chosen here does not.
 		args = append(args, "--cluster-port", strconv.Itoa(s.bus))
 	}
-	cmd := exec.Command(binary(s.t), args...)
-	if err := cmd.Start(); err != nil {
+	proc, err := proctest.Start(exec.Command(binary(s.t), args...), false)
+	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
 	s.mu.Lock()
-	s.cmd, s.done = cmd, done
+	s.proc = proc
 	s.mu.Unlock()
 	if err := WaitReady(s.Addr(), 10*time.Second); err != nil {
 		s.Kill()
@@ -122,10 +118,10 @@ func (s *Server) start() error {
 func (s *Server) PID() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return 0
 	}
-	return s.cmd.Process.Pid
+	return s.proc.PID()
 }
 
 // Addr is host:port.
@@ -142,18 +138,11 @@ func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
 
 func (s *Server) signal(sig syscall.Signal) {
 	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.cmd = nil
+	proc := s.proc
+	s.proc = nil
 	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
+	if proc != nil {
+		proc.Stop(sig, 10*time.Second)
 	}
 }
 
@@ -171,15 +160,10 @@ func (s *Server) Start() {
 }
 
 func (s *Server) logTail(n int) string {
-	b, err := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-	if err != nil {
-		return "(no log)"
+	if t, ok := proctest.FileTail(filepath.Join(s.dir, "redis.log"), n); ok {
+		return t
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return "(no log)"
 }
 
 // ClusterServers is a Redis Cluster of primaries without replicas.
@@ -241,17 +225,20 @@ func (c *ClusterServers) Node(i int) *Server { return c.nodes[i] }
 
 // WaitReady waits until addr answers PING.
 func WaitReady(addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
+	err := proctest.Await(nil, timeout, func() error {
 		r, err := Do(addr, "PING")
-		if err == nil && r == "PONG" || err != nil && strings.HasPrefix(err.Error(), "NOAUTH") {
+		if err == nil && r != "PONG" {
+			return fmt.Errorf("PING answered %q", r)
+		}
+		if err != nil && strings.HasPrefix(err.Error(), "NOAUTH") {
 			return nil // a server asking for a password is up
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("redis at %s not ready after %s: %v", addr, timeout, err)
-		}
-		time.Sleep(25 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("redis at %s: %w", addr, err)
 	}
+	return nil
 }
 
 // Do sends one command over a fresh connection and renders the reply as text: simple strings,

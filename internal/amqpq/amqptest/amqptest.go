@@ -44,8 +44,7 @@ type Server struct {
 	env    []string
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *proctest.Process // nil while stopped
 }
 
 // Start boots a fresh node for t and waits until it accepts AMQP connections; the node is
@@ -152,41 +151,27 @@ func (s *Server) start() error {
 	cmd.Env = s.env
 	cmd.Stdout, cmd.Stderr = out, out
 	// A group of its own, so that Kill reaches the Erlang VM the script starts as well.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	proc, err := proctest.Start(cmd, true)
+	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
 	s.mu.Lock()
-	s.cmd, s.done = cmd, done
+	s.proc = proc
 	s.mu.Unlock()
-	if err := s.waitReady(done); err != nil {
+	// Ready when an AMQP login succeeds: the port opens only near the end of the boot, but a
+	// login is the proof.
+	err = proctest.Await(proc.Exited(), bootTimeout, func() error {
+		conn, err := amqp.DialConfig(s.URL(), amqp.Config{Dial: amqp.DefaultDial(2 * time.Second)})
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	})
+	if err != nil {
 		s.Kill()
-		return fmt.Errorf("%w; log:\n%s", err, s.logTail(15))
+		return fmt.Errorf("rabbitmq node %s on %s: %w; log:\n%s", s.node, s.Addr(), err, s.logTail(15))
 	}
 	return nil
-}
-
-// waitReady waits until an AMQP handshake succeeds: the port opens only near the end of the
-// boot, but a successful login is the proof.
-func (s *Server) waitReady(exited <-chan struct{}) error {
-	deadline := time.Now().Add(bootTimeout)
-	for {
-		conn, err := amqp.DialConfig(s.URL(), amqp.Config{Dial: amqp.DefaultDial(2 * time.Second)})
-		if err == nil {
-			return conn.Close()
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("rabbitmq-server %s exited during boot", s.node)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("rabbitmq node %s not accepting AMQP on %s after %s: %v", s.node, s.Addr(), bootTimeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // Addr is the host:port of the AMQP listener.
@@ -215,25 +200,13 @@ func (s *Server) Kill() {
 
 func (s *Server) signal(sig syscall.Signal) {
 	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.cmd = nil
+	proc := s.proc
+	s.proc = nil
 	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
 	// The script turns SIGTERM into a graceful stop of the VM it started and exits after it;
-	// SIGKILL must reach the VM itself, through the group (whose id stays reserved while the
-	// unreaped script is in it).
-	if sig == syscall.SIGKILL {
-		_ = syscall.Kill(-cmd.Process.Pid, sig)
-	} else {
-		_ = cmd.Process.Signal(sig)
-	}
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
+	// SIGKILL must reach the VM itself, which Stop sends through the group.
+	if proc != nil {
+		proc.Stop(sig, 30*time.Second)
 	}
 }
 
@@ -287,16 +260,10 @@ func (s *Server) Ctl(args ...string) (string, error) {
 
 // logTail is the end of the node's log, for failures.
 func (s *Server) logTail(n int) string {
-	b, err := os.ReadFile(filepath.Join(s.dir, "log", s.node+".log"))
-	if err != nil {
-		b, err = os.ReadFile(filepath.Join(s.dir, "stdout.log"))
-		if err != nil {
-			return "(no log)"
+	for _, f := range []string{filepath.Join("log", s.node+".log"), "stdout.log"} {
+		if t, ok := proctest.FileTail(filepath.Join(s.dir, f), n); ok {
+			return t
 		}
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return "(no log)"
 }

@@ -7,7 +7,6 @@ package natstest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -29,8 +28,7 @@ type Server struct {
 	dir  string
 	log  *proctest.Output
 
-	cmd    *exec.Cmd
-	exited chan struct{}
+	proc *proctest.Process // nil while stopped
 }
 
 // Start launches a JetStream-enabled server for t, stopped when t ends.
@@ -67,10 +65,10 @@ func (s *Server) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(s.port
 
 // PID is the server process's id, 0 while it is stopped.
 func (s *Server) PID() int {
-	if s.cmd == nil {
+	if s.proc == nil {
 		return 0
 	}
-	return s.cmd.Process.Pid
+	return s.proc.PID()
 }
 
 // StoreDir is where the server keeps its JetStream data.
@@ -88,7 +86,7 @@ func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
 // answers.
 func (s *Server) Restart() {
 	s.t.Helper()
-	if s.cmd != nil {
+	if s.proc != nil {
 		s.t.Fatal("natstest: Restart of a server that is running")
 	}
 	var err error
@@ -102,52 +100,27 @@ func (s *Server) Restart() {
 }
 
 func (s *Server) signal(sig syscall.Signal) {
-	if s.cmd == nil {
-		return
+	if s.proc != nil {
+		s.proc.Stop(sig, 10*time.Second)
+		s.proc = nil
 	}
-	_ = s.cmd.Process.Signal(sig)
-	select {
-	case <-s.exited:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-	}
-	s.cmd = nil
 }
 
 func (s *Server) start() error {
 	cmd := exec.Command(s.bin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-sd", s.dir)
 	cmd.Stdout, cmd.Stderr = s.log, s.log
-	if err := cmd.Start(); err != nil {
+	proc, err := proctest.Start(cmd, false)
+	if err != nil {
 		return err
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
-	if err := s.waitReady(10 * time.Second); err != nil {
+	s.proc = proc
+	// Ready when JetStream answers a request, not just when the port accepts: after a restart
+	// the streams are recovered from the store first.
+	if err := proctest.Await(proc.Exited(), 10*time.Second, s.ping); err != nil {
 		s.Kill()
-		return fmt.Errorf("%w; log tail:\n%s", err, s.log.Tail(10))
+		return fmt.Errorf("nats-server: %w; log tail:\n%s", err, s.log.Tail(10))
 	}
 	return nil
-}
-
-// waitReady waits until JetStream answers a request, not just until the port accepts: after a
-// restart the streams are recovered from the store first.
-func (s *Server) waitReady(limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	var err error
-	for time.Now().Before(deadline) {
-		select {
-		case <-s.exited:
-			return errors.New("nats-server exited")
-		default:
-		}
-		if err = s.ping(); err == nil {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("nats-server not ready after %s: %w", limit, err)
 }
 
 func (s *Server) ping() error {
