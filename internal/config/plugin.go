@@ -199,10 +199,7 @@ func ParsePlugin(b []byte) (Plugin, error) {
 						p.EventTopicMaps = append(p.EventTopicMaps, engine.Route{Pattern: pattern, Template: y.str(t, path)})
 					})
 				case "event_webhook_topic_maps":
-					p.WebhookTopicMaps = map[string]string{}
-					y.each(v, path, true, func(path, topic string, t *yaml.Node) {
-						p.WebhookTopicMaps[topic] = y.str(t, path)
-					})
+					p.WebhookTopicMaps = y.strMap(v, path)
 				case "deliver_webhook":
 					p.DeliverWebhook = y.bool(v, path)
 				default:
@@ -230,10 +227,7 @@ func (y *yamlReader) herald(n *yaml.Node) {
 		case "key":
 			h.Key = y.str(v, path)
 		case "keys":
-			h.Keys = map[string]string{}
-			y.each(v, path, true, func(path, route string, t *yaml.Node) {
-				h.Keys[route] = y.str(t, path)
-			})
+			h.Keys = y.strMap(v, path)
 		case "exchange_prefix":
 			h.ExchangePrefix = y.str(v, path)
 		case "nats_stream":
@@ -294,6 +288,13 @@ func (y *yamlReader) str(n *yaml.Node, path string) string {
 		return ""
 	}
 	return n.Value
+}
+
+// strMap reads a mapping of strings whose keys are taken as they are written.
+func (y *yamlReader) strMap(n *yaml.Node, path string) map[string]string {
+	m := map[string]string{}
+	y.each(n, path, true, func(path, key string, v *yaml.Node) { m[key] = y.str(v, path) })
+	return m
 }
 
 func (y *yamlReader) bool(n *yaml.Node, path string) bool {
