@@ -35,7 +35,6 @@ func BenchmarkDrain(b *testing.B) {
 	const n = 20000
 	ctx := context.Background()
 	admin := connect(b)
-	b.Cleanup(admin.Close)
 	pub, err := NewPublisher(ctx, admin, PublisherOptions{})
 	if err != nil {
 		b.Fatal(err)

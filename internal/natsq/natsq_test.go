@@ -31,6 +31,7 @@ func connect(t testing.TB) *nats.Conn {
 	if err != nil {
 		t.Fatalf("NATS at %s: %v (run scripts/services.sh nats)", natsURL(), err)
 	}
+	t.Cleanup(nc.Close) // closing twice is harmless, for tests that close it themselves
 	return nc
 }
 

@@ -23,7 +23,6 @@ func prefetchQueue(t *testing.T, n int) (Options, *Queue) {
 		AckWait: time.Minute, Instance: "prefetch", EncodeDead: acapy.EncodeDead,
 	}
 	admin := connect(t)
-	t.Cleanup(admin.Close)
 	dropStream(t, admin, o.Stream)
 	dropStream(t, admin, o.DeadStream)
 	producer, err := Open(context.Background(), admin, o)
@@ -45,7 +44,6 @@ func TestPrefetchBoundedAndGivenBack(t *testing.T) {
 	const n = 1000
 	o, producer := prefetchQueue(t, n)
 	nc := connect(t)
-	t.Cleanup(nc.Close)
 	a, err := Open(context.Background(), nc, o)
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +77,6 @@ func TestPrefetchBoundedAndGivenBack(t *testing.T) {
 
 	stop()
 	b := connect(t)
-	t.Cleanup(b.Close)
 	q, err := Open(context.Background(), b, o)
 	if err != nil {
 		t.Fatal(err)

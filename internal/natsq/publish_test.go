@@ -118,7 +118,6 @@ func TestPublisherConformance(t *testing.T) {
 func TestPublisherStream(t *testing.T) {
 	ctx := context.Background()
 	nc := connect(t)
-	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +232,6 @@ func BenchmarkPublish500(b *testing.B) {
 func TestPublishRefused(t *testing.T) {
 	ctx := context.Background()
 	nc := connect(t)
-	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
