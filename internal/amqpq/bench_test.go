@@ -205,92 +205,94 @@ const publishers, perPublish = 4, 2000
 // batch's confirms; to one direct exchange with no queue bound, or in turn to 20 of them, as
 // herald events writes.
 func BenchmarkCeilingPublish(b *testing.B) {
-	for _, exchanges := range []int{1, 20} {
-		b.Run(fmt.Sprintf("exchanges=%d", exchanges), func(b *testing.B) {
-			n := benchN() / (publishers * perPublish) * (publishers * perPublish)
-			conn := dial(b)
-			defer conn.Close()
-			xs := benchExchanges(b, conn, exchanges)
-			for range b.N {
-				b.StopTimer()
-				chs := make([]*amqp.Channel, publishers)
-				for i := range chs {
-					ch, err := conn.Channel()
-					if err != nil {
-						b.Fatal(err)
-					}
-					if err := ch.Confirm(false); err != nil {
-						b.Fatal(err)
-					}
-					chs[i] = ch
+	publishLoads(b, func(b *testing.B, n int, conn *amqp.Connection, xs []string) {
+		exchanges := len(xs)
+		for range b.N {
+			b.StopTimer()
+			chs := make([]*amqp.Channel, publishers)
+			for i := range chs {
+				ch, err := conn.Channel()
+				if err != nil {
+					b.Fatal(err)
 				}
-				measure(b, fmt.Sprintf("bare publish, 4 channels, batches of 2000, %d exchanges", exchanges), n, func() {
-					var wg sync.WaitGroup
-					for _, ch := range chs {
-						confirms := ch.NotifyPublish(make(chan amqp.Confirmation, perPublish))
-						wg.Go(func() {
-							for range n / publishers / perPublish {
-								for i := range perPublish {
-									if err := ch.Publish(xs[i%len(xs)], "", false, false, amqp.Publishing{Body: benchBody[:200], DeliveryMode: amqp.Persistent}); err != nil {
-										b.Error(err)
-										return
-									}
-								}
-								for range perPublish {
-									if c := <-confirms; !c.Ack {
-										b.Error("nack")
-										return
-									}
+				if err := ch.Confirm(false); err != nil {
+					b.Fatal(err)
+				}
+				chs[i] = ch
+			}
+			measure(b, fmt.Sprintf("bare publish, 4 channels, batches of 2000, %d exchanges", exchanges), n, func() {
+				var wg sync.WaitGroup
+				for _, ch := range chs {
+					confirms := ch.NotifyPublish(make(chan amqp.Confirmation, perPublish))
+					wg.Go(func() {
+						for range n / publishers / perPublish {
+							for i := range perPublish {
+								if err := ch.Publish(xs[i%len(xs)], "", false, false, amqp.Publishing{Body: benchBody[:200], DeliveryMode: amqp.Persistent}); err != nil {
+									b.Error(err)
+									return
 								}
 							}
-						})
-					}
-					wg.Wait()
-				})
-				for _, ch := range chs {
-					_ = ch.Close()
+							for range perPublish {
+								if c := <-confirms; !c.Ack {
+									b.Error("nack")
+									return
+								}
+							}
+						}
+					})
 				}
+				wg.Wait()
+			})
+			for _, ch := range chs {
+				_ = ch.Close()
 			}
-		})
-	}
+		}
+	})
 }
 
 // BenchmarkPublisher runs the same loads through a Publisher: 4 concurrent Publish calls of
 // 2,000 publications each.
 func BenchmarkPublisher(b *testing.B) {
+	publishLoads(b, func(b *testing.B, n int, conn *amqp.Connection, xs []string) {
+		exchanges := len(xs)
+		ctx := context.Background()
+		p, err := NewPublisher(ctx, amqpURL(), PublisherOptions{}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		ps := make([]engine.Publication, perPublish)
+		for i := range ps {
+			ps[i] = engine.Publication{Dest: []byte(xs[i%len(xs)]), Body: benchBody[:200]}
+		}
+		b.StopTimer()
+		for range b.N {
+			measure(b, fmt.Sprintf("Publisher, 4 callers, Publish of 2000, %d exchanges", exchanges), n, func() {
+				var wg sync.WaitGroup
+				for range publishers {
+					wg.Go(func() {
+						for range n / publishers / perPublish {
+							if err := p.Publish(ctx, ps); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+			})
+		}
+	})
+}
+
+// publishLoads runs f with one exchange and with 20: n messages (whole batches of all
+// publishers), a connection, and the exchanges.
+func publishLoads(b *testing.B, f func(b *testing.B, n int, conn *amqp.Connection, xs []string)) {
 	for _, exchanges := range []int{1, 20} {
 		b.Run(fmt.Sprintf("exchanges=%d", exchanges), func(b *testing.B) {
-			n := benchN() / (publishers * perPublish) * (publishers * perPublish)
 			conn := dial(b)
 			defer conn.Close()
-			xs := benchExchanges(b, conn, exchanges)
-			ctx := context.Background()
-			p, err := NewPublisher(ctx, amqpURL(), PublisherOptions{}, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer p.Close()
-			ps := make([]engine.Publication, perPublish)
-			for i := range ps {
-				ps[i] = engine.Publication{Dest: []byte(xs[i%len(xs)]), Body: benchBody[:200]}
-			}
-			b.StopTimer()
-			for range b.N {
-				measure(b, fmt.Sprintf("Publisher, 4 callers, Publish of 2000, %d exchanges", exchanges), n, func() {
-					var wg sync.WaitGroup
-					for range publishers {
-						wg.Go(func() {
-							for range n / publishers / perPublish {
-								if err := p.Publish(ctx, ps); err != nil {
-									b.Error(err)
-									return
-								}
-							}
-						})
-					}
-					wg.Wait()
-				})
-			}
+			f(b, benchN()/(publishers*perPublish)*(publishers*perPublish), conn, benchExchanges(b, conn, exchanges))
 		})
 	}
 }
