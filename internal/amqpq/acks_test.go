@@ -10,6 +10,7 @@ import (
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/proctest"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -28,7 +29,7 @@ func TestAcksInAnyOrder(t *testing.T) {
 	}
 	name := fmt.Sprintf("herald-acks-%d", rand.Uint64())
 	defer deleteQueue(ch, name)
-	q, err := Dial(context.Background(), amqpURL(), Options{Queue: name, Instance: "acks", EncodeDead: acapy.EncodeDead}, testLog(t))
+	q, err := Dial(context.Background(), amqpURL(), Options{Queue: name, Instance: "acks", EncodeDead: acapy.EncodeDead}, proctest.Log(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,10 +3,8 @@ package amqpq
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/acapy/acapytest"
+	"github.com/heraldhq/herald/internal/proctest"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -33,19 +32,6 @@ func dial(t testing.TB) *amqp.Connection {
 		t.Fatalf("RabbitMQ at %s: %v (run scripts/services.sh rabbitmq)", amqpURL(), err)
 	}
 	return conn
-}
-
-// testWriter sends a logger's lines to the test's log, where they show beside its failure.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// testLog is a logger whose lines go to t's log; whatever logs to it must stop before t ends.
-func testLog(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, nil))
 }
 
 // deleteQueue removes a test queue and everything Dial or Open declared for it.
@@ -117,7 +103,7 @@ func TestConformanceDial(t *testing.T) {
 	conformance(t, func(t testing.TB, o Options) (engine.Source, func()) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		q, err := Dial(ctx, amqpURL(), o, testLog(t))
+		q, err := Dial(ctx, amqpURL(), o, proctest.Log(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,19 +142,19 @@ func TestExchangeBinding(t *testing.T) {
 	defer deleteQueue(ch, name, x)
 
 	o := Options{Queue: name, Exchange: x, RoutingKeys: []string{"a"}, Instance: "binding", EncodeDead: acapy.EncodeDead}
-	q, err := Dial(ctx, amqpURL(), o, testLog(t))
+	q, err := Dial(ctx, amqpURL(), o, proctest.Log(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer q.Close()
 	// Binding again is harmless: a second consumer of the same queue starts the same way.
-	q2, err := Dial(ctx, amqpURL(), o, testLog(t))
+	q2, err := Dial(ctx, amqpURL(), o, proctest.Log(t))
 	if err != nil {
 		t.Fatalf("binding again: %v", err)
 	}
 	q2.Close()
 
-	p, err := NewPublisher(ctx, amqpURL(), PublisherOptions{}, testLog(t))
+	p, err := NewPublisher(ctx, amqpURL(), PublisherOptions{}, proctest.Log(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +185,7 @@ func TestExchangeBinding(t *testing.T) {
 		{Queue: name, Exchange: x, EncodeDead: acapy.EncodeDead},
 		{Queue: name, RoutingKeys: []string{"a"}, EncodeDead: acapy.EncodeDead},
 	} {
-		if _, err := Dial(ctx, amqpURL(), bad, testLog(t)); err == nil {
+		if _, err := Dial(ctx, amqpURL(), bad, proctest.Log(t)); err == nil {
 			t.Errorf("Dial accepted %+v", bad)
 		}
 	}

@@ -139,7 +139,7 @@ func waitFor(d time.Duration, cond func() bool) bool {
 func TestConnectionLoss(t *testing.T) {
 	t.Parallel()
 	srv := amqptest.Start(t)
-	log := testLog(t)
+	log := proctest.Log(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const queue = "herald.loss"
@@ -218,7 +218,7 @@ func TestConnectionLoss(t *testing.T) {
 func TestConnectionLossPublisher(t *testing.T) {
 	t.Parallel()
 	srv := amqptest.Start(t)
-	log := testLog(t)
+	log := proctest.Log(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const exchange, queue = "herald.events", "herald.events.k"
@@ -469,7 +469,7 @@ func TestStaleSettles(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer deleteQueue(ch, name)
-	q, err := Dial(ctx, u.String(), Options{Queue: name, Instance: "stale", Prefetch: 16, EncodeDead: acapy.EncodeDead}, testLog(t))
+	q, err := Dial(ctx, u.String(), Options{Queue: name, Instance: "stale", Prefetch: 16, EncodeDead: acapy.EncodeDead}, proctest.Log(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/engine/enginetest"
+	"github.com/heraldhq/herald/internal/proctest"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -21,7 +22,7 @@ func TestPublisherConformance(t *testing.T) {
 	enginetest.RunPublisher(t, func(t *testing.T) *enginetest.Target {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		p, err := NewPublisher(ctx, amqpURL(), PublisherOptions{Name: "herald publisher conformance"}, testLog(t))
+		p, err := NewPublisher(ctx, amqpURL(), PublisherOptions{Name: "herald publisher conformance"}, proctest.Log(t))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,7 +3,6 @@ package kafkaq
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/kafkaq/kafkatest"
+	"github.com/heraldhq/herald/internal/proctest"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -98,7 +98,7 @@ func connectionLoss(t *testing.T, down time.Duration) {
 	obs := &healthObserver{}
 	p := &engine.Pipeline{Source: q, Decode: acapy.DecodeOutbound, Sink: sink, Observer: obs,
 		Policy: engine.RetryPolicy{MaxRetries: 3, Interval: 1}, Workers: 4, Batch: 32, DrainTimeout: 5 * time.Second,
-		Log: slog.New(slog.NewTextHandler(t.Output(), nil))}
+		Log: proctest.Log(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ran := make(chan struct{})

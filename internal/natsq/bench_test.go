@@ -12,6 +12,7 @@ import (
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/engine/enginetest"
 	"github.com/heraldhq/herald/internal/acapy"
+	"github.com/heraldhq/herald/internal/proctest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -99,7 +100,7 @@ func BenchmarkDrain(b *testing.B) {
 // 2,000 publications of 300 bytes a call over ten subjects.
 func BenchmarkPublishEvents(b *testing.B) {
 	const perCall, callers = 2000, 4
-	nc, err := Connect(context.Background(), natsURL(), testLog(b))
+	nc, err := Connect(context.Background(), natsURL(), proctest.Log(b))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func mustConnect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	nc, err := Connect(ctx, url, testLog(t))
+	nc, err := Connect(ctx, url, proctest.Log(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func connectionLoss(t *testing.T, stop func(*natstest.Server)) {
 	sink := &countingSink{seen: map[string]int{}}
 	obs := &healthObserver{}
 	p := &engine.Pipeline{
-		Source: q, Decode: acapy.DecodeOutbound, Sink: sink, Observer: obs, Log: testLog(t),
+		Source: q, Decode: acapy.DecodeOutbound, Sink: sink, Observer: obs, Log: proctest.Log(t),
 		Policy: engine.RetryPolicy{MaxRetries: 3, Interval: 1}, Workers: 8, Batch: 32,
 		DrainTimeout: 5 * time.Second,
 	}

@@ -4,45 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/engine/enginetest"
+	"github.com/heraldhq/herald/internal/proctest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// testLog logs to t's output until t ends; nats.go's callbacks may still run after that, when
-// writing to it would panic.
-func testLog(t testing.TB) *slog.Logger {
-	w := &testWriter{w: t.Output()}
-	t.Cleanup(func() {
-		w.mu.Lock()
-		w.w = nil
-		w.mu.Unlock()
-	})
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.w == nil {
-		return len(p), nil
-	}
-	return w.w.Write(p)
-}
 
 // dropStream deletes a test's stream at its end.
 func dropStream(t testing.TB, nc *nats.Conn, name string) {
@@ -92,7 +64,7 @@ func readSubject(t testing.TB, nc *nats.Conn, stream, subject string, n int, d t
 // TestPublisherConformance runs the engine's Publisher suite against the shared server.
 func TestPublisherConformance(t *testing.T) {
 	enginetest.RunPublisher(t, func(t *testing.T) *enginetest.Target {
-		nc, err := Connect(context.Background(), natsURL(), testLog(t))
+		nc, err := Connect(context.Background(), natsURL(), proctest.Log(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -204,7 +176,7 @@ func TestRedactURL(t *testing.T) {
 
 // BenchmarkPublish500 publishes batches of 500 entries of 200 bytes, each batch one round of acks.
 func BenchmarkPublish500(b *testing.B) {
-	nc, err := Connect(context.Background(), natsURL(), testLog(b))
+	nc, err := Connect(context.Background(), natsURL(), proctest.Log(b))
 	if err != nil {
 		b.Fatal(err)
 	}

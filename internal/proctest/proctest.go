@@ -7,12 +7,15 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -136,4 +139,30 @@ func FileTail(path string, n int) (string, bool) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// Log is a logger, at debug level, that writes to t's output until t ends and discards after:
+// a client library's callbacks may still log then, when writing to t would panic.
+func Log(t testing.TB) *slog.Logger {
+	w := &testWriter{w: t.Output()}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.w = nil
+		w.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.w == nil {
+		return len(p), nil
+	}
+	return w.w.Write(p)
 }
