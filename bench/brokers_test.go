@@ -99,12 +99,13 @@ func rabbitPID() int {
 	return 0
 }
 
-// perItem is the CPU pid spent since from, in microseconds per item; -1 when pid is 0.
-func perItem(pid int, from time.Duration, items int) float64 {
+// perItem is cpu, the CPU process pid spent on items, in microseconds per item; -1 when pid is
+// 0 (not measured).
+func perItem(pid int, cpu time.Duration, items int) float64 {
 	if pid == 0 {
 		return -1
 	}
-	return float64((fixture.CPUTime(pid) - from).Microseconds()) / float64(items)
+	return float64(cpu.Microseconds()) / float64(items)
 }
 
 // brokerDrain prefills n entries for a fresh queue and times the deliverer emptying it.
@@ -160,11 +161,7 @@ func brokerDrain(b *testing.B, kind, url string, pid, n int) cost {
 	rate := float64(n*b.N) / total.Seconds()
 	b.ReportMetric(rate, "msgs/s")
 	b.ReportMetric(0, "ns/op")
-	c := cost{rate: rate, broker: -1}
-	if pid != 0 {
-		c.broker = float64(cpu.Microseconds()) / float64(n*b.N)
-	}
-	return c
+	return cost{rate: rate, broker: perItem(pid, cpu, n*b.N)}
 }
 
 // brokerEvents runs herald events with the broker as its sink and posts n events to it.
@@ -193,7 +190,8 @@ func brokerEvents(b *testing.B, bin, kind, url string, pid, n int) cost {
 	for i := 0; i < b.N; i++ {
 		broker0, herald0 := fixture.CPUTime(pid), fixture.CPUTime(events)
 		took := postNDJSON(b, addr, total)
-		c = cost{rate: float64(total) / took.Seconds(), broker: perItem(pid, broker0, total), herald: perItem(events, herald0, total)}
+		c = cost{rate: float64(total) / took.Seconds(), broker: perItem(pid, fixture.CPUTime(pid)-broker0, total),
+			herald: perItem(events, fixture.CPUTime(events)-herald0, total)}
 		b.Logf("%s: %d events (%d entries) routed in %s: %.0f events/s", kind, total, 2*total, took.Round(time.Millisecond), c.rate)
 	}
 	b.ReportMetric(c.rate, "events/s")
