@@ -106,6 +106,42 @@ func (p *Process) kill() {
 	_ = p.cmd.Process.Kill()
 }
 
+// Slot holds the process a restartable server runs as, none while it is stopped. It is safe for
+// concurrent use: one goroutine of a test may stop the server while another reads its PID.
+type Slot struct {
+	mu sync.Mutex
+	p  *Process
+}
+
+// Set records the running process.
+func (s *Slot) Set(p *Process) {
+	s.mu.Lock()
+	s.p = p
+	s.mu.Unlock()
+}
+
+// PID is the running process's id, 0 while stopped.
+func (s *Slot) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.p == nil {
+		return 0
+	}
+	return s.p.PID()
+}
+
+// Stop stops the running process as Process.Stop does and empties the slot; it does nothing
+// while stopped.
+func (s *Slot) Stop(sig syscall.Signal, grace time.Duration) {
+	s.mu.Lock()
+	p := s.p
+	s.p = nil
+	s.mu.Unlock()
+	if p != nil {
+		p.Stop(sig, grace)
+	}
+}
+
 // Await calls probe until it succeeds and returns nil, or returns an error once limit has passed
 // or exited is closed (a server that died while booting). A nil exited is never closed.
 func Await(exited <-chan struct{}, limit time.Duration, probe func() error) error {

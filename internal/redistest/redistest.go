@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,8 +40,7 @@ type Server struct {
 	dir  string
 	args []string
 
-	mu   sync.Mutex
-	proc *proctest.Process // nil while stopped
+	proc proctest.Slot
 }
 
 func binary(t testing.TB) string {
@@ -104,9 +102,7 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.proc = proc
-	s.mu.Unlock()
+	s.proc.Set(proc)
 	if err := WaitReady(s.Addr(), 10*time.Second); err != nil {
 		s.Kill()
 		return fmt.Errorf("%w; log:\n%s", err, s.logTail(10))
@@ -116,11 +112,6 @@ func (s *Server) start() error {
 
 // PID is the server's process id, 0 when it is stopped.
 func (s *Server) PID() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == nil {
-		return 0
-	}
 	return s.proc.PID()
 }
 
@@ -131,20 +122,10 @@ func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
 func (s *Server) URL() string { return "redis://" + s.Addr() }
 
 // Stop shuts the server down with SIGTERM and waits until it is gone.
-func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
+func (s *Server) Stop() { s.proc.Stop(syscall.SIGTERM, 10*time.Second) }
 
 // Kill stops the server with SIGKILL.
-func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
-
-func (s *Server) signal(sig syscall.Signal) {
-	s.mu.Lock()
-	proc := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	if proc != nil {
-		proc.Stop(sig, 10*time.Second)
-	}
-}
+func (s *Server) Kill() { s.proc.Stop(syscall.SIGKILL, 10*time.Second) }
 
 // Start restarts a stopped server on the same port and directory.
 func (s *Server) Start() {

@@ -22,7 +22,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -43,8 +42,7 @@ type Server struct {
 	port   int
 	env    []string
 
-	mu   sync.Mutex
-	proc *proctest.Process // nil while stopped
+	proc proctest.Slot
 }
 
 // Start boots a fresh node for t and waits until it accepts AMQP connections; the node is
@@ -155,9 +153,7 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.proc = proc
-	s.mu.Unlock()
+	s.proc.Set(proc)
 	// Ready when an AMQP login succeeds: the port opens only near the end of the boot, but a
 	// login is the proof.
 	err = proctest.Await(proc.Exited(), bootTimeout, func() error {
@@ -187,27 +183,17 @@ func (s *Server) Node() string { return s.node }
 // connections closed by the broker), and returns once the process is gone and the port closed.
 func (s *Server) Stop() {
 	s.t.Helper()
-	s.signal(syscall.SIGTERM)
+	s.proc.Stop(syscall.SIGTERM, 30*time.Second)
 	s.waitClosed()
 }
 
 // Kill ends the node at once with SIGKILL, as a crash does: clients see their connections
-// reset. Persistent messages already confirmed survive; Restart recovers them.
+// reset. Persistent messages already confirmed survive; Restart recovers them. The signal goes
+// to the process group, so that it reaches the Erlang VM the script started (SIGTERM goes to
+// the script, which turns it into a graceful stop of the VM).
 func (s *Server) Kill() {
-	s.signal(syscall.SIGKILL)
+	s.proc.Stop(syscall.SIGKILL, 30*time.Second)
 	s.waitClosed()
-}
-
-func (s *Server) signal(sig syscall.Signal) {
-	s.mu.Lock()
-	proc := s.proc
-	s.proc = nil
-	s.mu.Unlock()
-	// The script turns SIGTERM into a graceful stop of the VM it started and exits after it;
-	// SIGKILL must reach the VM itself, which Stop sends through the group.
-	if proc != nil {
-		proc.Stop(sig, 30*time.Second)
-	}
 }
 
 // waitClosed waits until nothing accepts connections on the AMQP port.

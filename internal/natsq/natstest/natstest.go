@@ -28,7 +28,7 @@ type Server struct {
 	dir  string
 	log  *proctest.Output
 
-	proc *proctest.Process // nil while stopped
+	proc proctest.Slot
 }
 
 // Start launches a JetStream-enabled server for t, stopped when t ends.
@@ -65,9 +65,6 @@ func (s *Server) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(s.port
 
 // PID is the server process's id, 0 while it is stopped.
 func (s *Server) PID() int {
-	if s.proc == nil {
-		return 0
-	}
 	return s.proc.PID()
 }
 
@@ -76,17 +73,17 @@ func (s *Server) StoreDir() string { return s.dir }
 
 // Stop shuts the server down with SIGTERM, which lets JetStream write its state, and waits until
 // the process is gone. It does nothing when the server is not running.
-func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
+func (s *Server) Stop() { s.proc.Stop(syscall.SIGTERM, 10*time.Second) }
 
 // Kill ends the server with SIGKILL, as a crash would: JetStream recovers from its store at the
 // next start, possibly with acknowledgments of the last moments forgotten.
-func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
+func (s *Server) Kill() { s.proc.Stop(syscall.SIGKILL, 10*time.Second) }
 
 // Restart starts a stopped server again on the same port and store and waits until JetStream
 // answers.
 func (s *Server) Restart() {
 	s.t.Helper()
-	if s.proc != nil {
+	if s.proc.PID() != 0 {
 		s.t.Fatal("natstest: Restart of a server that is running")
 	}
 	var err error
@@ -99,13 +96,6 @@ func (s *Server) Restart() {
 	s.t.Fatalf("restarting nats-server on %s: %v", s.URL(), err)
 }
 
-func (s *Server) signal(sig syscall.Signal) {
-	if s.proc != nil {
-		s.proc.Stop(sig, 10*time.Second)
-		s.proc = nil
-	}
-}
-
 func (s *Server) start() error {
 	cmd := exec.Command(s.bin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-sd", s.dir)
 	cmd.Stdout, cmd.Stderr = s.log, s.log
@@ -113,7 +103,7 @@ func (s *Server) start() error {
 	if err != nil {
 		return err
 	}
-	s.proc = proc
+	s.proc.Set(proc)
 	// Ready when JetStream answers a request, not just when the port accepts: after a restart
 	// the streams are recovered from the store first.
 	if err := proctest.Await(proc.Exited(), 10*time.Second, s.ping); err != nil {
