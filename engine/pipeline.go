@@ -48,23 +48,36 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	settleCtx, cancelSettle := context.WithCancel(context.Background())
 	defer cancelSettle()
 
-	// The pipeline holds at most one message per worker plus one batch read ahead; room counts
-	// what is left of that, so taking never outruns delivery and a stalled sink stops the taking.
-	r := newRoom(workers + batch)
-	work := make(chan *Message, workers+batch)
+	// The pipeline holds at most one message per worker plus two batches read ahead; room
+	// counts what is left of that, so taking never outruns delivery and a stalled sink stops the
+	// taking. Two batches rather than one: deliveries drain one batch while the next take is on
+	// its way, and with a single batch ahead an event-loop sink ran dry in half its rounds.
+	r := newRoom(workers + 2*batch)
+	work := make(chan *Message, workers+2*batch)
 	var wg sync.WaitGroup
-	for range workers {
+	var feed *Feed
+	if as, ok := p.Sink.(AsyncSink); ok {
+		feed = &Feed{p: p, ctx: settleCtx, work: work, room: r}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for m := range work {
-				p.handle(settleCtx, m)
-				r.give(1)
-			}
+			as.Serve(feed, workers)
+			feed.pending.Wait()
 		}()
+	} else {
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for m := range work {
+					p.handle(settleCtx, m)
+					r.give(1)
+				}
+			}()
+		}
 	}
 
-	p.takeLoop(ctx, work, r, batch)
+	p.takeLoop(ctx, work, r, batch, feed)
 
 	// Messages still queued in work were taken but not started: give them back.
 	var pending []*Message
@@ -77,7 +90,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			draining = false
 		}
 	}
-	close(work)
+	if feed != nil {
+		feed.close()
+	} else {
+		close(work)
+	}
 	if len(pending) > 0 {
 		if err := p.Source.Release(settleCtx, pending); err != nil {
 			p.Log.Error("could not release unstarted messages; they return when this instance's lease expires",
@@ -112,7 +129,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // next one fetches, so the supply keeps up with the workers however slow the round trip gets
 // (on a busy machine it is the scheduler's latency, not Redis, that stretches it); when the sink
 // is slow the takes shrink, and when it stalls they stop.
-func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, r *room, batch int) {
+func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, r *room, batch int, feed *Feed) {
 	buf := make([]*Message, 0, batch)
 	var backoff time.Duration
 	for ctx.Err() == nil {
@@ -126,6 +143,9 @@ func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, r *room, 
 		r.give(n - len(buf))
 		// What a failed take still brought is delivered; on shutdown Run releases it.
 		p.dispatch(work, buf)
+		if feed != nil && len(buf) > 0 {
+			feed.wake()
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -175,8 +195,8 @@ func (r *room) give(n int) {
 
 // take reserves up to max places and returns how many, 0 only when ctx is done. It waits for
 // half of max to be free, so that a slow sink's trickle of finished deliveries is not fetched one
-// message per round trip. The workers cannot run dry meanwhile: with one place per worker and max
-// more, fewer than max/2 free places means more than max/2 messages wait for a worker.
+// message per round trip. The workers cannot run dry meanwhile: with one place per worker and
+// 2*max more, fewer than max/2 free places means more than max messages wait for a worker.
 func (r *room) take(ctx context.Context, max int) int {
 	want := (max + 1) / 2
 	for {
@@ -206,22 +226,25 @@ func (p *Pipeline) handle(ctx context.Context, m *Message) {
 	start := time.Now()
 	r := p.Sink.Deliver(m)
 	p.Observer.Attempted(r, time.Since(start))
+	o, retries, delay, f := p.outcome(m, r)
+	p.settle(ctx, m, o, retries, delay, f)
+}
+
+// outcome decides how a delivery attempt that ended with r settles m.
+func (p *Pipeline) outcome(m *Message, r Result) (o Outcome, retries int, delay time.Duration, f Failure) {
 	switch {
 	case r.Err == nil:
-		p.settle(ctx, m, Delivered, 0, 0, Failure{})
+		return Delivered, 0, 0, Failure{}
 	case r.Permanent:
-		p.settle(ctx, m, DeadLettered, 0, 0, Failure{Reason: r.Err.Error(), Status: r.Status})
+		return DeadLettered, 0, 0, Failure{Reason: r.Err.Error(), Status: r.Status}
 	case m.Retries < p.Policy.MaxRetries:
 		n := m.Retries + 1
-		p.settle(ctx, m, Retried, n, p.Policy.Delay(n), Failure{})
+		return Retried, n, p.Policy.Delay(n), Failure{}
 	case p.Policy.DropExhausted:
 		p.Log.Error("exceeded max retries; dropping as configured", "url", string(m.URL), "err", r.Err)
-		p.settle(ctx, m, Dropped, 0, 0, Failure{})
-	default:
-		p.settle(ctx, m, DeadLettered, 0, 0, Failure{
-			Reason: "exceeded max retries: " + r.Err.Error(), Status: r.Status,
-		})
+		return Dropped, 0, 0, Failure{}
 	}
+	return DeadLettered, 0, 0, Failure{Reason: "exceeded max retries: " + r.Err.Error(), Status: r.Status}
 }
 
 // settle records the outcome at the source, retrying while the source is unreachable: giving up

@@ -332,8 +332,8 @@ func backpressure(t *testing.T, q *Queue) {
 	done := make(chan struct{})
 	go func() { _ = p.Run(ctx); close(done) }()
 
-	// The pipeline holds at most one message per worker and one batch read ahead.
-	const bound = workers + batch
+	// The pipeline holds at most one message per worker and two batches read ahead.
+	const bound = workers + 2*batch
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		if got := obs.taken.Load(); got > bound {
