@@ -78,8 +78,11 @@ type Deliver struct {
 	Stale        time.Duration // mediator mode: silence after which an instance's keys may move
 	// DenyPrivate refuses receivers at loopback, private and link-local addresses (SSRF guard).
 	DenyPrivate bool
-	LogFormat   string
-	LogLevel    string
+	// PooledClient sends every delivery through the pooled fasthttp client, one goroutine per
+	// delivery, instead of the event loops (HERALD_HTTP_CLIENT=pooled).
+	PooledClient bool
+	LogFormat    string
+	LogLevel     string
 }
 
 // DeliverVars lists every variable `herald deliver` reads, in the order --help shows them.
@@ -95,6 +98,7 @@ var DeliverVars = []Var{
 	{"HERALD_CONCURRENCY", "256", "deliveries in flight at once"},
 	{"HERALD_BATCH", "256", "most messages taken from the source in one round trip"},
 	{"HERALD_TIMEOUT", "10s", "timeout of one delivery"},
+	{"HERALD_HTTP_CLIENT", "event-loop", "event-loop (plain-http POSTs from one epoll loop per core; https and ws through the pooled client) or pooled (everything through the pooled client)"},
 	{"HERALD_DRAIN_TIMEOUT", "15s", "on SIGTERM, how long started deliveries may finish"},
 	{"HERALD_LEASE", "15s", "an instance silent this long is dead; its in-flight messages return to the queue"},
 	{"HERALD_DEAD_LETTER_LIST", "{<prefix>_outbound}:dead", "list receiving undeliverable entries with the reason"},
@@ -287,6 +291,7 @@ func LoadDeliver(env Env) (Deliver, error) {
 	c.MediatorMode = r.oneOf("HERALD_MEDIATOR_MODE", "false", "false", "true") == "true"
 	c.Stale = r.duration("HERALD_STALE_AFTER", 15*time.Second)
 	c.DenyPrivate = r.oneOf("HERALD_DENY_PRIVATE", "false", "false", "true") == "true"
+	c.PooledClient = r.oneOf("HERALD_HTTP_CLIENT", "event-loop", "event-loop", "pooled") == "pooled"
 	if c.Batch > 1000 {
 		r.fail("HERALD_BATCH", "at most 1000, got %d", c.Batch)
 	}

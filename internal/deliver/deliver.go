@@ -87,7 +87,11 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 
 // newSink is the HTTP/WebSocket sink, behind the recipient-key router in mediator mode.
 func newSink(ctx context.Context, cfg config.Deliver, client rueidis.Client, log *slog.Logger) (engine.Sink, error) {
-	var out engine.Sink = sink.New(sink.Options{Timeout: cfg.Timeout, MaxConnsPerHost: cfg.Concurrency, DenyPrivate: cfg.DenyPrivate})
+	o := sink.Options{Timeout: cfg.Timeout, MaxConnsPerHost: cfg.Concurrency, DenyPrivate: cfg.DenyPrivate}
+	if cfg.PooledClient {
+		o.Loops = -1
+	}
+	out := sink.NewLoop(o)
 	if cfg.MediatorMode {
 		if err := recipkey.CheckPlacement(ctx, client); err != nil {
 			return nil, err

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/fasthttp/websocket"
@@ -29,6 +30,9 @@ type Options struct {
 	// DenyPrivate refuses receivers at loopback, private and link-local addresses (see Denied).
 	// Off by default: ACA-Py deployments deliver to controllers on private networks.
 	DenyPrivate bool
+	// Loops is the number of event loops of a LoopSink (NewLoop): 0 is one per core, a negative
+	// number turns them off.
+	Loops int
 }
 
 // DefaultTimeout is the reference deliverer's per-request timeout.
@@ -37,6 +41,7 @@ const DefaultTimeout = 10 * time.Second
 // Sink delivers by scheme: http and https are POSTed, ws and wss get one binary frame, anything
 // else is a permanent failure.
 type Sink struct {
+	o       Options // with the defaults filled in
 	http    *fasthttp.Client
 	ws      websocket.Dialer
 	timeout time.Duration
@@ -54,6 +59,7 @@ func New(o Options) *Sink {
 		o.UserAgent = "herald"
 	}
 	s := &Sink{
+		o: o,
 		http: &fasthttp.Client{
 			Name:                          o.UserAgent,
 			MaxConnsPerHost:               o.MaxConnsPerHost,
@@ -219,4 +225,40 @@ func (s *Sink) frame(m *engine.Message) engine.Result {
 	_ = conn.WriteControl(websocket.CloseMessage,
 		websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), deadline)
 	return engine.Result{Status: http.StatusSwitchingProtocols}
+}
+
+// serveFeed delivers what f hands out through the pooled client, a goroutine per delivery and
+// at most limit at once: how a LoopSink serves when it cannot start its loops.
+func (s *Sink) serveFeed(f *engine.Feed, limit int) {
+	wake := make(chan struct{}, 1)
+	id := f.Subscribe(func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+	slots := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		m, open := f.Next()
+		if !open {
+			return
+		}
+		if m == nil {
+			if f.Idle(id) {
+				<-wake
+			}
+			continue
+		}
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			r := s.Deliver(m)
+			f.Done(m, r, time.Since(start))
+			<-slots
+		}()
+	}
 }
