@@ -441,12 +441,11 @@ func (l *loop) read(c *conn, hup bool) {
 
 // answered settles c's request with the receiver's status and frees or closes c.
 func (l *loop) answered(c *conn) {
-	m, code := c.m, c.resp.status
+	m, code, h := c.m, c.resp.status, c.h
 	took := l.now.Sub(c.start)
 	c.m = nil
 	l.busy--
-	keep := c.resp.keepAlive && c.resp.state == stDone
-	if keep {
+	if c.resp.keepAlive && c.resp.state == stDone {
 		l.idleAgain(c)
 	} else {
 		l.close(c)
@@ -459,9 +458,7 @@ func (l *loop) answered(c *conn) {
 		}
 	}
 	l.f.Done(m, r, took)
-	if keep {
-		l.next(c.h)
-	}
+	l.next(h) // on the connection just freed, or on a new one if it was closed
 }
 
 // broken handles a connection that closed or failed under a request. A reused connection that
@@ -501,16 +498,17 @@ func (l *loop) fail(c *conn, err error) {
 	l.next(h)
 }
 
-// next starts the first request waiting for h, if any.
+// next starts the requests waiting for h that it now has room for: a freed connection, or
+// connections that closed or failed to open (each failing at once would otherwise leave the rest
+// waiting for an answer that never comes).
 func (l *loop) next(h *host) {
-	if len(h.waiting) == 0 {
-		return
+	for len(h.waiting) > 0 && (len(h.idle) > 0 || h.open < l.perHost) {
+		m := h.waiting[0]
+		copy(h.waiting, h.waiting[1:])
+		h.waiting[len(h.waiting)-1] = nil
+		h.waiting = h.waiting[:len(h.waiting)-1]
+		l.send(h, m, nil)
 	}
-	m := h.waiting[0]
-	copy(h.waiting, h.waiting[1:])
-	h.waiting[len(h.waiting)-1] = nil
-	h.waiting = h.waiting[:len(h.waiting)-1]
-	l.send(h, m, nil)
 }
 
 // scan fails requests past their deadline, closes connections idle for too long and forgets

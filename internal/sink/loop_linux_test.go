@@ -218,6 +218,26 @@ func TestLoopAnswers(t *testing.T) {
 	}
 }
 
+// TestLoopConnectionClose: a receiver that closes the connection after every answer still gets
+// every message, however few connections it is allowed: each close makes room for the next.
+func TestLoopConnectionClose(t *testing.T) {
+	var count atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		count.Add(1)
+		w.Header().Set("Connection", "close")
+	}))
+	t.Cleanup(srv.Close)
+	msgs := make([][]byte, 300)
+	for i := range msgs {
+		msgs[i] = entry(srv.URL+"/in", fmt.Sprint(i))
+	}
+	src := enginetest.NewMemory(msgs...)
+	runLoop(t, src, Options{Timeout: 5 * time.Second, MaxConnsPerHost: 2}, 16, len(msgs))
+	if count.Load() != 300 || len(src.Acked) != 300 {
+		t.Fatalf("%d arrived, %d acked of 300", count.Load(), len(src.Acked))
+	}
+}
+
 // TestLoopResolvesNames: a host name goes through the pooled client until it is resolved, then
 // through the loop; either way every message arrives.
 func TestLoopResolvesNames(t *testing.T) {
