@@ -634,8 +634,9 @@ func eventfd() (int, error) {
 // dnsCache resolves receiver host names off the loops: a loop never waits on DNS. A name it has
 // not resolved yet goes through the pooled client meanwhile.
 type dnsCache struct {
-	mu      sync.Mutex
-	entries map[string]*dnsEntry
+	mu        sync.Mutex
+	entries   map[string]*dnsEntry
+	nextPrune time.Time
 }
 
 type dnsEntry struct {
@@ -647,9 +648,12 @@ type dnsEntry struct {
 
 // dnsTTL is how long a resolved address is used before it is looked up again (in the background,
 // the old one serving meanwhile); a failed lookup is retried after dnsRetry.
+// A name not looked up for dnsForget is dropped, so that the cache holds the receivers of the
+// last minutes, not every one ever seen.
 const (
-	dnsTTL   = 30 * time.Second
-	dnsRetry = 5 * time.Second
+	dnsTTL    = 30 * time.Second
+	dnsRetry  = 5 * time.Second
+	dnsForget = 10 * time.Minute
 )
 
 // lookup returns host's address if known. IP literals need no lookup.
@@ -662,6 +666,14 @@ func (d *dnsCache) lookup(host string) (netip.Addr, bool) {
 	defer d.mu.Unlock()
 	if d.entries == nil {
 		d.entries = map[string]*dnsEntry{}
+	}
+	if now.After(d.nextPrune) {
+		for k, e := range d.entries {
+			if !e.resolving && now.Sub(e.expires) > dnsForget {
+				delete(d.entries, k)
+			}
+		}
+		d.nextPrune = now.Add(time.Minute)
 	}
 	e := d.entries[host]
 	if e == nil {

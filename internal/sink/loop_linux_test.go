@@ -277,3 +277,33 @@ func (o *failureLog) Attempted(r engine.Result, took time.Duration) {
 		o.t.Logf("attempt failed after %s: %v (status %d)", took.Round(time.Millisecond), r.Err, r.Status)
 	}
 }
+
+// TestDNSCacheForgets: names not looked up for a while leave the cache; IP literals never enter it.
+func TestDNSCacheForgets(t *testing.T) {
+	var d dnsCache
+	if a, ok := d.lookup("127.0.0.1"); !ok || a.String() != "127.0.0.1" || len(d.entries) != 0 {
+		t.Fatalf("literal: %v %v, %d entries", a, ok, len(d.entries))
+	}
+	d.lookup("localhost")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok := d.lookup("localhost"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("localhost not resolved in 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d.mu.Lock()
+	d.entries["localhost"].expires = time.Now().Add(-dnsForget - time.Second)
+	d.nextPrune = time.Time{}
+	d.mu.Unlock()
+	d.lookup("127.0.0.2")
+	d.lookup("other.invalid") // prunes, then adds this one
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.entries["localhost"]; ok || len(d.entries) != 1 {
+		t.Fatalf("after pruning: %d entries, localhost kept: %v", len(d.entries), ok)
+	}
+}
