@@ -134,11 +134,17 @@ func (f *Feed) finish(m *Message) {
 	f.room.give(1)
 }
 
-// wake calls the wake function of every loop that said it was idle.
-func (f *Feed) wake() {
+// wake calls the wake functions of up to n loops that said they were idle: n messages arrived, and
+// waking a loop for which there is no message costs a system call and a pass through the
+// scheduler for nothing. A loop left hungry is woken by the next arrival.
+func (f *Feed) wake(n int) {
 	for _, w := range f.loops() {
+		if n <= 0 {
+			return
+		}
 		if w.hungry.Load() && w.hungry.CompareAndSwap(true, false) {
 			w.wake()
+			n--
 		}
 	}
 }

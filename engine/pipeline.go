@@ -144,7 +144,7 @@ func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, r *room, 
 		// What a failed take still brought is delivered; on shutdown Run releases it.
 		p.dispatch(work, buf)
 		if feed != nil && len(buf) > 0 {
-			feed.wake()
+			feed.wake(len(buf))
 		}
 		if err != nil {
 			if ctx.Err() != nil {
