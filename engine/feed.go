@@ -118,6 +118,42 @@ func (f *Feed) Done(m *Message, r Result, took time.Duration) {
 	f.slow(m, o, fail, retries, delay)
 }
 
+// ServeEach serves f the plain way: a goroutine per delivery calling deliver, at most limit at
+// once. It is for an AsyncSink that cannot start loops of its own, and returns like Serve.
+func (f *Feed) ServeEach(limit int, deliver func(*Message) Result) {
+	wake := make(chan struct{}, 1)
+	id := f.Subscribe(func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+	slots := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		m, open := f.Next()
+		if !open {
+			return
+		}
+		if m == nil {
+			if f.Idle(id) {
+				<-wake
+			}
+			continue
+		}
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			r := deliver(m)
+			<-slots
+			f.Done(m, r, time.Since(start))
+		}()
+	}
+}
+
 // slow settles m on a goroutine of its own. The room keeps their number bounded: m holds its
 // place until it is settled.
 func (f *Feed) slow(m *Message, o Outcome, fail Failure, retries int, delay time.Duration) {

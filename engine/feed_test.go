@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,8 +12,8 @@ import (
 	"github.com/heraldhq/herald/engine/enginetest"
 )
 
-// asyncSink serves a Feed the way an event loop does: one goroutine takes what the feed hands
-// out and reports each delivery to Done from elsewhere, at most limit at once.
+// asyncSink serves a Feed with a goroutine per delivery (Feed.ServeEach), counting the
+// deliveries in flight: the feed's contract, without an event loop.
 type asyncSink struct {
 	deliver  func(m *engine.Message) engine.Result
 	inFlight atomic.Int64
@@ -24,40 +23,13 @@ type asyncSink struct {
 func (s *asyncSink) Deliver(m *engine.Message) engine.Result { return s.deliver(m) }
 
 func (s *asyncSink) Serve(f *engine.Feed, limit int) {
-	wake := make(chan struct{}, 1)
-	id := f.Subscribe(func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	})
-	slots := make(chan struct{}, limit)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		m, open := f.Next()
-		if !open {
-			return
-		}
-		if m == nil {
-			if f.Idle(id) {
-				<-wake
-			}
-			continue
-		}
-		slots <- struct{}{}
+	f.ServeEach(limit, func(m *engine.Message) engine.Result {
 		n := s.inFlight.Add(1)
 		for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := s.deliver(m)
-			s.inFlight.Add(-1)
-			<-slots
-			f.Done(m, r, time.Millisecond)
-		}()
-	}
+		defer s.inFlight.Add(-1)
+		return s.deliver(m)
+	})
 }
 
 func bodies(n int) [][]byte {

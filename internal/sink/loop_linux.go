@@ -55,7 +55,7 @@ func (s *LoopSink) Serve(f *engine.Feed, limit int) {
 			for _, l := range ls {
 				l.shut()
 			}
-			s.Sink.serveFeed(f, limit)
+			f.ServeEach(limit, s.Sink.Deliver)
 			return
 		}
 		ls = append(ls, l)
@@ -330,7 +330,7 @@ func (l *loop) send(h *host, m *engine.Message, t *target) {
 // load puts m's request into c and starts its clock.
 func (l *loop) load(c *conn, m *engine.Message, t *target) {
 	now := l.now
-	c.m, c.start, c.dead = m, now, now.Add(l.s.timeout)
+	c.m, c.start, c.dead = m, now, now.Add(l.s.o.Timeout)
 	c.wbuf = appendRequest(c.wbuf[:0], t, m, l.s.o.UserAgent)
 	c.woff, c.rn, c.gotAny, c.redial = 0, 0, false, false
 	c.resp.reset()

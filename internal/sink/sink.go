@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/fasthttp/websocket"
@@ -41,10 +40,9 @@ const DefaultTimeout = 10 * time.Second
 // Sink delivers by scheme: http and https are POSTed, ws and wss get one binary frame, anything
 // else is a permanent failure.
 type Sink struct {
-	o       Options // with the defaults filled in
-	http    *fasthttp.Client
-	ws      websocket.Dialer
-	timeout time.Duration
+	o    Options // with the defaults filled in
+	http *fasthttp.Client
+	ws   websocket.Dialer
 }
 
 // New returns a Sink.
@@ -76,7 +74,6 @@ func New(o Options) *Sink {
 			HandshakeTimeout: o.Timeout,
 			TLSClientConfig:  o.TLS,
 		},
-		timeout: o.Timeout,
 	}
 	if o.DenyPrivate {
 		timeout := o.Timeout
@@ -173,7 +170,7 @@ func (s *Sink) post(m *engine.Message) engine.Result {
 	defer fasthttp.ReleaseResponse(resp)
 
 	buildRequest(req, m)
-	if err := s.http.DoTimeout(req, resp, s.timeout); err != nil {
+	if err := s.http.DoTimeout(req, resp, s.o.Timeout); err != nil {
 		return engine.Result{Err: err, Permanent: errors.Is(err, ErrDenied)}
 	}
 	code := resp.StatusCode()
@@ -217,7 +214,7 @@ func (s *Sink) frame(m *engine.Message) engine.Result {
 		return engine.Result{Err: fmt.Errorf("websocket handshake: %w", err), Status: status, Permanent: errors.Is(err, ErrDenied)}
 	}
 	defer conn.Close()
-	deadline := time.Now().Add(s.timeout)
+	deadline := time.Now().Add(s.o.Timeout)
 	_ = conn.SetWriteDeadline(deadline)
 	if err := conn.WriteMessage(websocket.BinaryMessage, m.Payload); err != nil {
 		return engine.Result{Err: fmt.Errorf("websocket send: %w", err)}
@@ -225,40 +222,4 @@ func (s *Sink) frame(m *engine.Message) engine.Result {
 	_ = conn.WriteControl(websocket.CloseMessage,
 		websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), deadline)
 	return engine.Result{Status: http.StatusSwitchingProtocols}
-}
-
-// serveFeed delivers what f hands out through the pooled client, a goroutine per delivery and
-// at most limit at once: how a LoopSink serves when it cannot start its loops.
-func (s *Sink) serveFeed(f *engine.Feed, limit int) {
-	wake := make(chan struct{}, 1)
-	id := f.Subscribe(func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	})
-	slots := make(chan struct{}, limit)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		m, open := f.Next()
-		if !open {
-			return
-		}
-		if m == nil {
-			if f.Idle(id) {
-				<-wake
-			}
-			continue
-		}
-		slots <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			start := time.Now()
-			r := s.Deliver(m)
-			f.Done(m, r, time.Since(start))
-			<-slots
-		}()
-	}
 }

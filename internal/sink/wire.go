@@ -169,7 +169,6 @@ var (
 	errHeaderTooLarge    = errors.New("receiver's response header is larger than 64 KiB")
 	errUpgrade           = errors.New("receiver answered 101 Switching Protocols to a POST")
 	errClosedEarly       = errors.New("receiver closed the connection before answering in full")
-	errUnsolicited       = errors.New("receiver sent data that no request asked for")
 )
 
 // maxResponseHeader bounds a response's status line and headers.
