@@ -52,7 +52,7 @@ chaos: services build
 	HERALD_CHAOS=full $(GO) test -count=1 -v -run '^TestChaos$$' -timeout 30m ./e2e/ >bin/chaos.log 2>&1; status=$$?; \
 	grep -E '^(chaos,|\|)|^(--- FAIL|ok|FAIL)|lost' bin/chaos.log; exit $$status
 
-# Every fuzz target for a few seconds (FUZZTIME=60s for the long run).
+# Every fuzz target for fifty thousand inputs (FUZZTIME=60s for the long run).
 fuzz-check:
 	bash scripts/fuzz-check.sh
 
