@@ -29,6 +29,20 @@ func latencySeconds() time.Duration {
 	return 10 * time.Second
 }
 
+// latencyWarmup is how long each run offers load before the measured span starts
+// (HERALD_BENCH_WARMUP_SECONDS, default 1; 0 measures from the first message). Its messages must
+// arrive like the rest, but their latencies are not counted: the first tens of milliseconds of a
+// run are a cold start (connections to the receiver being opened, the receiver starting a
+// goroutine for each), a cost a deliverer that has been running does not pay again. Open-loop
+// tools leave out a warm-up for the same reason (wrk2 calibrates for 10 s first). The floor and
+// Herald get the same warm-up.
+func latencyWarmup() time.Duration {
+	if s, err := strconv.Atoi(os.Getenv("HERALD_BENCH_WARMUP_SECONDS")); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second
+	}
+	return time.Second
+}
+
 // latencyRates are the offered rates (HERALD_BENCH_RATES, comma-separated; default 5000,20000).
 func latencyRates() []int {
 	v := os.Getenv("HERALD_BENCH_RATES")
@@ -97,7 +111,9 @@ type percentiles struct {
 	missing        int
 }
 
-func summarize(sent []int64, arrived func(id int) int64) percentiles {
+// summarize counts as missing every message that never arrived, and takes the percentiles of
+// those from id skip on (the ones before were the warm-up).
+func summarize(sent []int64, skip int, arrived func(id int) int64) percentiles {
 	lat := make([]float64, 0, len(sent))
 	missing := 0
 	for id, s := range sent {
@@ -106,7 +122,9 @@ func summarize(sent []int64, arrived func(id int) int64) percentiles {
 			missing++
 			continue
 		}
-		lat = append(lat, float64(a-s)/1e6)
+		if id >= skip {
+			lat = append(lat, float64(a-s)/1e6)
+		}
 	}
 	slices.Sort(lat)
 	at := func(q float64) float64 {
@@ -123,7 +141,7 @@ func summarize(sent []int64, arrived func(id int) int64) percentiles {
 // into a list that a bare blocking-pop loop drains (Redis and producer only, no delivery). The
 // loop pops with BLMPOP COUNT 1000 rather than one BLPOP per message: on this machine one round
 // trip per message cannot keep up with 20,000 msgs/s, and a floor that falls behind measures
-// nothing.
+// nothing. Each run offers the rate for a warm-up (latencyWarmup) before the span it measures.
 func BenchmarkLatency(b *testing.B) {
 	srv := redistest.Standalone(b)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -133,7 +151,7 @@ func BenchmarkLatency(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	d := latencySeconds()
+	d, warm := latencySeconds(), latencyWarmup()
 	var points []latencyPoint
 	for _, rate := range latencyRates() {
 		b.Run(strconv.Itoa(rate)+"/s", func(b *testing.B) {
@@ -142,10 +160,10 @@ func BenchmarkLatency(b *testing.B) {
 				// shared) falls on one round, and the median round is what is reported.
 				var rounds []latencyPoint
 				for r := range benchRounds() {
-					floor := floorRun(b, c, fmt.Sprintf("floor%d_%d_%d", rate, i, r), rate, d)
-					her := heraldRun(b, c, srv.URL(), fmt.Sprintf("lat%d_%d_%d", rate, i, r), rate, d, log)
-					fmt.Printf("latency at %d msgs/s for %s, round %d: floor (blocking-pop loop) p50 %.2f p99 %.2f p999 %.2f ms, %d left behind; herald p50 %.2f p99 %.2f p999 %.2f ms, %d left behind; p99 above floor %.2f ms\n",
-						rate, d, r+1, floor.p50, floor.p99, floor.p999, floor.missing, her.p50, her.p99, her.p999, her.missing, her.p99-floor.p99)
+					floor := floorRun(b, c, fmt.Sprintf("floor%d_%d_%d", rate, i, r), rate, warm, d)
+					her := heraldRun(b, c, srv.URL(), fmt.Sprintf("lat%d_%d_%d", rate, i, r), rate, warm, d, log)
+					fmt.Printf("latency at %d msgs/s for %s after %s of warm-up, round %d: floor (blocking-pop loop) p50 %.2f p99 %.2f p999 %.2f ms, %d left behind; herald p50 %.2f p99 %.2f p999 %.2f ms, %d left behind; p99 above floor %.2f ms\n",
+						rate, d, warm, r+1, floor.p50, floor.p99, floor.p999, floor.missing, her.p50, her.p99, her.p999, her.missing, her.p99-floor.p99)
 					rounds = append(rounds, latencyPoint{rate: rate, floor: floor, herald: her})
 					if her.missing > 0 {
 						b.Errorf("%d messages left behind", her.missing)
@@ -179,8 +197,8 @@ func BenchmarkLatency(b *testing.B) {
 	}
 }
 
-func floorRun(b *testing.B, c rueidis.Client, queue string, rate int, d time.Duration) percentiles {
-	n := int(float64(rate) * d.Seconds())
+func floorRun(b *testing.B, c rueidis.Client, queue string, rate int, warm, d time.Duration) percentiles {
+	n := int(float64(rate) * (warm + d).Seconds())
 	popped := make([]int64, n)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -203,7 +221,7 @@ func floorRun(b *testing.B, c rueidis.Client, queue string, rate int, d time.Dur
 			}
 		}
 	}()
-	sent, err := produce(context.Background(), c, queue, "http://127.0.0.1:1/floor", rate, d)
+	sent, err := produce(context.Background(), c, queue, "http://127.0.0.1:1/floor", rate, warm+d)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -217,11 +235,11 @@ func floorRun(b *testing.B, c rueidis.Client, queue string, rate int, d time.Dur
 	time.Sleep(50 * time.Millisecond)
 	stop()
 	<-done
-	return summarize(sent, func(id int) int64 { return popped[id] })
+	return summarize(sent, int(float64(rate)*warm.Seconds()), func(id int) int64 { return popped[id] })
 }
 
-func heraldRun(b *testing.B, c rueidis.Client, redisURL, prefix string, rate int, d time.Duration, log *slog.Logger) percentiles {
-	n := int(float64(rate) * d.Seconds())
+func heraldRun(b *testing.B, c rueidis.Client, redisURL, prefix string, rate int, warm, d time.Duration, log *slog.Logger) percentiles {
+	n := int(float64(rate) * (warm + d).Seconds())
 	recv, err := fixture.NewReceiver(n)
 	if err != nil {
 		b.Fatal(err)
@@ -235,7 +253,7 @@ func heraldRun(b *testing.B, c rueidis.Client, redisURL, prefix string, rate int
 	done := make(chan error, 1)
 	go func() { done <- deliver.Run(ctx, cfg, log) }()
 	time.Sleep(300 * time.Millisecond) // connected and waiting, as in production
-	sent, err := produce(context.Background(), c, prefix+"_outbound", recv.URL()+"/in", rate, d)
+	sent, err := produce(context.Background(), c, prefix+"_outbound", recv.URL()+"/in", rate, warm+d)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -244,5 +262,5 @@ func heraldRun(b *testing.B, c rueidis.Client, redisURL, prefix string, rate int
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
-	return summarize(sent, recv.Arrived)
+	return summarize(sent, int(float64(rate)*warm.Seconds()), recv.Arrived)
 }
