@@ -28,6 +28,13 @@ func NewMemory(bodies ...[]byte) *Memory {
 		Retried: map[string]int{}, Dead: map[string]string{}}
 }
 
+// Push queues more bodies behind those already queued.
+func (q *Memory) Push(bodies ...[]byte) {
+	q.mu.Lock()
+	q.queue = append(q.queue, bodies...)
+	q.mu.Unlock()
+}
+
 // Take implements engine.Source.
 func (q *Memory) Take(ctx context.Context, dst []*engine.Message, n int) ([]*engine.Message, error) {
 	q.mu.Lock()

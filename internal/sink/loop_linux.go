@@ -124,9 +124,12 @@ type loop struct {
 	free    []*conn
 	gen     int32
 	closed  bool
-	now     time.Time    // read once per round of events
-	life    sync.RWMutex // held by wake while it writes, so that shut cannot close efd under it
-	dead    bool         // shut: wake must not write to a descriptor number that may be reused
+	now     time.Time     // read once per round of events
+	quiet   atomic.Bool   // the loop waits on nudge, not on epoll: wake sends there
+	nudge   chan struct{} // holds at most one wake-up
+	timer   *time.Timer   // bounds a wait on nudge when a scan will be due
+	life    sync.RWMutex  // held by wake while it writes, so that shut cannot close efd under it
+	dead    bool          // shut: wake must not write to a descriptor number that may be reused
 }
 
 func newLoop(s *LoopSink, f *engine.Feed, limit, perHost int) (*loop, error) {
@@ -160,7 +163,8 @@ func newLoop(s *LoopSink, f *engine.Feed, limit, perHost int) (*loop, error) {
 		return nil, err
 	}
 	l := &loop{s: s, f: f, ep: ep, epf: epf, rc: rc, efd: efd, limit: max(limit, 1), perHost: perHost,
-		conns: map[int]*conn{}, hosts: map[string]*host{}, events: make([]syscall.EpollEvent, 256)}
+		conns: map[int]*conn{}, hosts: map[string]*host{}, events: make([]syscall.EpollEvent, 256),
+		nudge: make(chan struct{}, 1)}
 	l.id = f.Subscribe(l.wake)
 	return l, nil
 }
@@ -169,6 +173,13 @@ var one = [8]byte{1}
 
 // wake interrupts the loop's wait. Any goroutine may call it.
 func (l *loop) wake() {
+	if l.quiet.Load() {
+		select {
+		case l.nudge <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+		return
+	}
 	l.life.RLock()
 	if !l.dead {
 		_, _ = syscall.Write(l.efd, one[:])
@@ -222,8 +233,22 @@ func (l *loop) run() {
 		if l.closed && l.inFlight() == 0 {
 			return
 		}
+		// With nothing of its own in flight the loop has no socket to watch but idle ones, whose
+		// closing can wait: it parks on a channel, and a wake-up is a goroutine made runnable
+		// instead of an eventfd write the runtime notices only at its next poll of the network,
+		// which under load comes late.
+		if starved {
+			l.quiet.Store(l.busy == 0)
+		}
 		if starved && !l.f.Idle(l.id) {
+			l.quiet.Store(false)
 			poll(uintptr(l.ep)) // work arrived while we looked away: look, but do not wait
+		} else if starved && l.quiet.Load() {
+			if !poll(uintptr(l.ep)) {
+				l.sleep(nextScan)
+				poll(uintptr(l.ep)) // what idle connections did meanwhile
+			}
+			l.quiet.Store(false)
 		} else if !poll(uintptr(l.ep)) {
 			// Nothing is ready: park until something is, or until the next scan is due.
 			scanNeeded := l.busy > 0 || len(l.conns) > 0 || l.aside.Load() > 0 || l.closed
@@ -266,6 +291,25 @@ func (l *loop) run() {
 				_ = l.epf.SetReadDeadline(nextScan)
 			}
 		}
+	}
+}
+
+// sleep waits for a wake-up on the loop's channel, or until the next scan is due when the loop
+// has connections to expire.
+func (l *loop) sleep(nextScan time.Time) {
+	if len(l.conns) == 0 {
+		<-l.nudge
+		return
+	}
+	if l.timer == nil {
+		l.timer = time.NewTimer(time.Until(nextScan))
+	} else {
+		l.timer.Reset(time.Until(nextScan))
+	}
+	select {
+	case <-l.nudge:
+		l.timer.Stop()
+	case <-l.timer.C:
 	}
 }
 

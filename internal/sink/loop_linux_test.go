@@ -238,6 +238,42 @@ func TestLoopConnectionClose(t *testing.T) {
 	}
 }
 
+// TestLoopWakesWhenQuiet: a loop with nothing in flight waits on its channel, not on epoll. A
+// message arriving then is delivered at once, whether the loop holds no connection, an idle one,
+// or one the receiver closed while the loop was waiting (a stale keep-alive, sent again on a new
+// connection).
+func TestLoopWakesWhenQuiet(t *testing.T) {
+	var count atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { count.Add(1) }))
+	srv.Config.IdleTimeout = 150 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	src := enginetest.NewMemory()
+	p := &engine.Pipeline{Source: src, Sink: NewLoop(Options{Timeout: 5 * time.Second}), Decode: decodeEntry,
+		Workers: 4, Batch: 4, Observer: &failureLog{t: t}, Policy: engine.RetryPolicy{MaxRetries: 5, Interval: 1},
+		Log: proctest.Log(t), DrainTimeout: 5 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// Pauses: none yet (no connection), shorter than a scan (idle connection, no timer fired),
+	// longer than a few scans (timer fired while quiet), longer than the receiver's idle timeout.
+	for i, pause := range []time.Duration{0, 10 * time.Millisecond, 3 * scanEvery, 400 * time.Millisecond} {
+		time.Sleep(pause)
+		src.Push(entry(srv.URL+"/in", fmt.Sprint(i)))
+		deadline := time.Now().Add(2 * time.Second)
+		for src.Settled() < i+1 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if src.Settled() != i+1 || len(src.Acked) != i+1 {
+			t.Fatalf("after a pause of %s: %d settled, %d acked, want %d", pause, src.Settled(), len(src.Acked), i+1)
+		}
+	}
+	if count.Load() != 4 {
+		t.Fatalf("the receiver saw %d requests, want 4", count.Load())
+	}
+}
+
 // TestLoopResolvesNames: a host name goes through the pooled client until it is resolved, then
 // through the loop; either way every message arrives.
 func TestLoopResolvesNames(t *testing.T) {
