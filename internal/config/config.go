@@ -593,3 +593,83 @@ func LoadEvents(env Env) (Events, error) {
 	}
 	return c, r.err
 }
+
+// Waypoint is the configuration of `herald waypoint`.
+type Waypoint struct {
+	// NATSURL is the JetStream server; Stream and Subject are where the state events are.
+	NATSURL, Stream, Subject string
+	CredsFile                string // NATS credentials file, empty for none
+
+	Listen    string
+	Timeout   time.Duration // a stream with no match closes after this long
+	Ping      time.Duration // keep-alive comment interval
+	LookBack  time.Duration // default look_back, and how far back the replay window reaches
+	ReplayMax int           // most events the replay window holds
+
+	GovernanceKey, TenantAdminKey []byte // admin keys; empty refuses that role
+	TenantAdminGroup              string // when set, tenant-admin sees only this group's events
+	JWTSecret                     []byte // HS256 secret of tenant tokens; empty refuses tenants
+	MaxStreams                    int
+	LogFormat, LogLevel           string
+}
+
+// WaypointVars lists every variable `herald waypoint` reads, in the order --help shows them.
+var WaypointVars = []Var{
+	{"NATS_SERVER", "nats://127.0.0.1:4222", "NATS server(s) with JetStream, comma-separated"},
+	{"NATS_STATE_STREAM", "cloudapi_aries_state_monitoring", "JetStream stream holding the state events"},
+	{"NATS_STATE_SUBJECT", "cloudapi.aries.state_monitoring", "subject prefix: <prefix>.<group_id>.<wallet_id>.<topic>.<state>"},
+	{"NATS_CREDS_FILE", "", "NATS credentials file (.creds)"},
+	{"HERALD_LISTEN", "127.0.0.1:3011", "address of the SSE listener (GET /v1/sse/..., /health/live, /health/ready, /metrics)"},
+	{"SSE_TIMEOUT", "60", "seconds a stream waits for its event before closing with no data"},
+	{"HERALD_SSE_PING", "15s", "time between keep-alive comments"},
+	{"SSE_LOOK_BACK", "60", "default look_back in seconds, and the age of the oldest event kept for it"},
+	{"HERALD_REPLAY_MAX", "200000", "most events kept for look_back; the oldest go first"},
+	{"HERALD_MAX_STREAMS", "100000", "most streams open at once; more get 503"},
+	{"ACAPY_GOVERNANCE_AGENT_API_KEY", "", "key of role governance (x-api-key: governance.<key>); unset refuses the role"},
+	{"ACAPY_TENANT_AGENT_API_KEY", "", "key of role tenant-admin (x-api-key: tenant-admin.<key>); unset refuses the role"},
+	{"HERALD_TENANT_ADMIN_GROUP", "", "when set, tenant-admin streams see only events of this group_id"},
+	{"ACAPY_MULTITENANT_JWT_SECRET", "", "HS256 secret of tenant tokens (x-api-key: tenant.<jwt>); unset refuses tenants"},
+	{"HERALD_LOG_FORMAT", "text", "text or json"},
+	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
+}
+
+// LoadWaypoint reads and validates the configuration of `herald waypoint`.
+func LoadWaypoint(env Env) (Waypoint, error) {
+	r := &reader{env: env}
+	c := Waypoint{
+		NATSURL:          r.str("NATS_SERVER", "nats://127.0.0.1:4222"),
+		Stream:           r.str("NATS_STATE_STREAM", "cloudapi_aries_state_monitoring"),
+		Subject:          r.str("NATS_STATE_SUBJECT", "cloudapi.aries.state_monitoring"),
+		CredsFile:        r.str("NATS_CREDS_FILE", ""),
+		Listen:           r.str("HERALD_LISTEN", "127.0.0.1:3011"),
+		Timeout:          r.duration("SSE_TIMEOUT", 60*time.Second),
+		Ping:             r.duration("HERALD_SSE_PING", 15*time.Second),
+		LookBack:         r.duration("SSE_LOOK_BACK", 60*time.Second),
+		ReplayMax:        r.positive("HERALD_REPLAY_MAX", 200000),
+		MaxStreams:       r.positive("HERALD_MAX_STREAMS", 100000),
+		GovernanceKey:    []byte(r.str("ACAPY_GOVERNANCE_AGENT_API_KEY", "")),
+		TenantAdminKey:   []byte(r.str("ACAPY_TENANT_AGENT_API_KEY", "")),
+		TenantAdminGroup: r.str("HERALD_TENANT_ADMIN_GROUP", ""),
+		JWTSecret:        []byte(r.str("ACAPY_MULTITENANT_JWT_SECRET", "")),
+		LogFormat:        r.oneOf("HERALD_LOG_FORMAT", "text", "text", "json"),
+		LogLevel:         r.oneOf("HERALD_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		r.fail("HERALD_LISTEN", "want host:port, got %q", c.Listen)
+	}
+	if strings.ContainsAny(c.Subject, "*> ") || strings.HasSuffix(c.Subject, ".") || c.Subject == "" {
+		r.fail("NATS_STATE_SUBJECT", "want a literal subject prefix such as cloudapi.aries.state_monitoring, got %q", c.Subject)
+	}
+	if strings.ContainsAny(c.Stream, ".*> ") {
+		r.fail("NATS_STATE_STREAM", "a stream name has no '.', '*', '>' or space, got %q", c.Stream)
+	}
+	if c.CredsFile != "" {
+		if _, err := os.Stat(c.CredsFile); err != nil {
+			r.fail("NATS_CREDS_FILE", "%v", err)
+		}
+	}
+	if len(c.GovernanceKey) == 0 && len(c.TenantAdminKey) == 0 && len(c.JWTSecret) == 0 {
+		r.fail("ACAPY_MULTITENANT_JWT_SECRET", "no role could ever open a stream: set it, ACAPY_GOVERNANCE_AGENT_API_KEY or ACAPY_TENANT_AGENT_API_KEY")
+	}
+	return c, r.err
+}

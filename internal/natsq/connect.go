@@ -20,8 +20,9 @@ var ErrNotConnected = errors.New("natsq: not connected to NATS (reconnecting)")
 // and waits until the first connection is up or ctx ends (then its error wraps ctx's). A NATS
 // server that is down when a service starts is waited out, not fatal. Disconnects and
 // reconnects are logged with log, credentials hidden. What is published while the connection is
-// down (acknowledgments above all) is buffered and sent once it is back.
-func Connect(ctx context.Context, url string, log *slog.Logger) (*nats.Conn, error) {
+// down (acknowledgments above all) is buffered and sent once it is back. extra options (a
+// credentials file, say) come after Herald's own.
+func Connect(ctx context.Context, url string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -32,7 +33,7 @@ func Connect(ctx context.Context, url string, log *slog.Logger) (*nats.Conn, err
 	closed := make(chan struct{})
 	// nats.go runs the handlers one at a time on its callback goroutine, so failures needs no lock.
 	var failures int
-	nc, err := nats.Connect(url,
+	opts := []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250*time.Millisecond),
@@ -80,7 +81,8 @@ func Connect(ctx context.Context, url string, log *slog.Logger) (*nats.Conn, err
 			}
 			log.Warn("NATS asynchronous error", "nats", shown, "subject", subject, "err", err)
 		}),
-	)
+	}
+	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("natsq: connecting to %s: %w", shown, err)
 	}
