@@ -36,14 +36,14 @@ func Connect(ctx context.Context, url string, log *slog.Logger, extra ...nats.Op
 	opts := []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
-		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectWait(250 * time.Millisecond),
 		// Every unsettled message's ack or NAK may land here during an outage; losing one
 		// only redelivers, but a full buffer turns acks into errors the pipeline retries.
-		nats.ReconnectBufSize(16<<20),
+		nats.ReconnectBufSize(16 << 20),
 		// nats.go's default of two unanswered pings two minutes apart leaves a silently
 		// partitioned server looking connected for four minutes, during which pulls just
 		// come back empty.
-		nats.PingInterval(5*time.Second),
+		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.ConnectHandler(func(c *nats.Conn) {
 			log.Info("connected to NATS", "nats", redactURL(c.ConnectedUrl()))
