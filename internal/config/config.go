@@ -599,6 +599,8 @@ type Waypoint struct {
 	// NATSURL is the JetStream server; Stream and Subject are where the state events are.
 	NATSURL, Stream, Subject string
 	CredsFile                string // NATS credentials file, empty for none
+	// Source, when set, is a redis:// list to read events from instead of NATS.
+	Source Broker
 
 	Listen    string
 	Timeout   time.Duration // a stream with no match closes after this long
@@ -619,6 +621,7 @@ var WaypointVars = []Var{
 	{"NATS_STATE_STREAM", "cloudapi_aries_state_monitoring", "JetStream stream holding the state events"},
 	{"NATS_STATE_SUBJECT", "cloudapi.aries.state_monitoring", "subject prefix: <prefix>.<group_id>.<wallet_id>.<topic>.<state>"},
 	{"NATS_CREDS_FILE", "", "NATS credentials file (.creds)"},
+	{"HERALD_SOURCE", "(NATS)", "redis://host:port?list=NAME: read event entries from this Redis list (filled by herald events) instead of NATS"},
 	{"HERALD_LISTEN", "127.0.0.1:3011", "address of the SSE listener (GET /v1/sse/..., /health/live, /health/ready, /metrics)"},
 	{"SSE_TIMEOUT", "60", "seconds a stream waits for its event before closing with no data"},
 	{"HERALD_SSE_PING", "15s", "time between keep-alive comments"},
@@ -656,6 +659,16 @@ func LoadWaypoint(env Env) (Waypoint, error) {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		r.fail("HERALD_LISTEN", "want host:port, got %q", c.Listen)
+	}
+	if src := r.str("HERALD_SOURCE", ""); src != "" {
+		c.Source = r.broker("HERALD_SOURCE", src)
+		switch {
+		case c.Source.Kind == "":
+		case c.Source.Kind != KindRedis:
+			r.fail("HERALD_SOURCE", "waypoint reads NATS (NATS_SERVER) or a redis:// list, not %s", c.Source.Kind)
+		case c.Source.Params["list"] == "":
+			r.fail("HERALD_SOURCE", "name the list to read: redis://host:port?list=NAME")
+		}
 	}
 	if strings.ContainsAny(c.Subject, "*> ") || strings.HasSuffix(c.Subject, ".") || c.Subject == "" {
 		r.fail("NATS_STATE_SUBJECT", "want a literal subject prefix such as cloudapi.aries.state_monitoring, got %q", c.Subject)

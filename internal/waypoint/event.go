@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/internal/acapy"
@@ -63,27 +64,36 @@ func ParseEvent(b []byte, at time.Time) (*Event, error) {
 		return nil, errors.New("wallet_id and topic are required")
 	}
 	e.Topic = canonicalTopic(e.Topic)
-	var frame bytes.Buffer
-	frame.Grow(len(b) + 16)
-	frame.WriteString(`data: {"wallet_id":`)
-	frame.Write(env.Wallet)
-	frame.WriteString(`,"topic":`)
-	frame.Write(env.Topic)
-	frame.WriteString(`,"origin":`)
-	frame.Write(orNull(env.Origin))
-	frame.WriteString(`,"group_id":`)
-	frame.Write(orNull(env.Group))
-	frame.WriteString(`,"payload":`)
-	start := frame.Len()
-	if err := json.Compact(&frame, env.Payload); err != nil {
+	if err := e.build(env.Wallet, env.Topic, env.Origin, env.Group, env.Payload); err != nil {
 		return nil, err
 	}
-	end := frame.Len()
+	e.State, _ = member(e.Payload, "state")
+	return e, nil
+}
+
+// build writes the frame of e from the JSON values of its five keys, compact and in the
+// reference's order; an absent value is null.
+func (e *Event) build(wallet, topic, origin, group, payload json.RawMessage) error {
+	var frame bytes.Buffer
+	frame.Grow(len(wallet) + len(topic) + len(origin) + len(group) + len(payload) + 80)
+	frame.WriteString(`data: {"wallet_id":`)
+	start, end := 0, 0
+	for i, v := range [...]json.RawMessage{wallet, topic, origin, group, payload} {
+		if i > 0 {
+			frame.WriteString([...]string{"", `,"topic":`, `,"origin":`, `,"group_id":`, `,"payload":`}[i])
+		}
+		if i == 4 {
+			start = frame.Len()
+		}
+		if err := json.Compact(&frame, orNull(v)); err != nil {
+			return err
+		}
+	}
+	end = frame.Len()
 	frame.WriteString("}\n\n")
 	e.Frame = frame.Bytes()
 	e.Payload = e.Frame[start:end]
-	e.State, _ = member(e.Payload, "state")
-	return e, nil
+	return nil
 }
 
 func orNull(r json.RawMessage) json.RawMessage {
@@ -121,4 +131,67 @@ func canonicalTopic(t string) string {
 		return "basic-message"
 	}
 	return t
+}
+
+// waypointTopics names, by ACA-Py category (or webhook topic), the topic acapy-cloud publishes
+// its events under.
+var waypointTopics = map[string]string{
+	"connections":                    "connections",
+	"issue_credential":               "credentials",
+	"issue_credential_v2_0":          "credentials",
+	"issue_credential_v2_0_indy":     "credentials_indy",
+	"issue_credential_v2_0_ld_proof": "credentials_ld",
+	"present_proof":                  "proofs",
+	"present_proof_v2_0":             "proofs",
+	"endorse_transaction":            "endorsements",
+	"out_of_band":                    "oob",
+	"revocation_registry":            "revocation",
+	"basicmessage":                   "basic-message",
+	"basicmessages":                  "basic-message",
+}
+
+// ParseEntry reads an entry the redis_events plugin (or `herald events`) pushes to a list,
+// {"payload": {"wallet_id", "state", "topic", "category", "payload"}, "metadata": {...}}, as the
+// event acapy-cloud would have published for it: the topic named after the category, the state
+// hyphenated as acapy-cloud's states are. ACA-Py knows no group and no origin: both are null.
+func ParseEntry(b []byte, at time.Time) (*Event, error) {
+	var entry struct {
+		Payload *struct {
+			Wallet   json.RawMessage `json:"wallet_id"`
+			Topic    string          `json:"topic"`
+			Category *string         `json:"category"`
+			Payload  json.RawMessage `json:"payload"`
+		} `json:"payload"`
+	}
+	if err := json.Unmarshal(b, &entry); err != nil {
+		return nil, err
+	}
+	p := entry.Payload
+	if p == nil || len(p.Payload) == 0 || p.Payload[0] != '{' {
+		return nil, errors.New(`not an event entry: want {"payload": {"wallet_id", "topic", "category", "payload": {...}}}`)
+	}
+	e := &Event{At: at}
+	var err error
+	if e.Wallet, err = text(p.Wallet, "wallet_id"); err != nil || e.Wallet == "" {
+		return nil, errors.New("wallet_id is missing or not a string")
+	}
+	name := p.Topic
+	if p.Category != nil && *p.Category != "webhook" {
+		name = *p.Category
+	} else if rest, ok := strings.CutPrefix(p.Topic, "acapy::webhook::"); ok {
+		name = rest
+	} else if strings.HasPrefix(p.Topic, "acapy::basicmessage::") {
+		name = "basicmessage"
+	}
+	e.Topic = name
+	if t, ok := waypointTopics[name]; ok {
+		e.Topic = t
+	}
+	topic, _ := json.Marshal(e.Topic)
+	if err := e.build(p.Wallet, topic, nil, nil, p.Payload); err != nil {
+		return nil, err
+	}
+	state, _ := member(e.Payload, "state")
+	e.State = strings.ReplaceAll(state, "_", "-")
+	return e, nil
 }

@@ -55,3 +55,31 @@ func TestMemberText(t *testing.T) {
 		}
 	}
 }
+
+func TestParseEntryOfThePlugin(t *testing.T) {
+	for _, c := range []struct{ in, wallet, topic, state, frame string }{
+		{`{"payload": {"wallet_id": "w1", "state": "presentation_received", "topic": "acapy::record::present_proof_v2_0::presentation_received", "category": "present_proof_v2_0", "payload": {"state": "presentation_received", "pres_ex_id": "p1"}}, "metadata": {"x-wallet-id": "w1"}}`,
+			"w1", "proofs", "presentation-received",
+			`data: {"wallet_id":"w1","topic":"proofs","origin":null,"group_id":null,"payload":{"state":"presentation_received","pres_ex_id":"p1"}}` + "\n\n"},
+		{`{"payload": {"wallet_id": "base", "state": "completed", "topic": "acapy::webhook::connections", "category": "webhook", "payload": {"state": "completed"}}, "metadata": {}}`,
+			"base", "connections", "completed", ""},
+		{`{"payload": {"wallet_id": "w2", "state": null, "topic": "acapy::basicmessage::received", "category": null, "payload": {"content": "hi"}}, "metadata": {}}`,
+			"w2", "basic-message", "", ""},
+	} {
+		e, err := ParseEntry([]byte(c.in), time.Now())
+		if err != nil {
+			t.Fatalf("%s: %v", c.in, err)
+		}
+		if e.Wallet != c.wallet || e.Topic != c.topic || e.State != c.state {
+			t.Errorf("%s: wallet %q topic %q state %q", c.in, e.Wallet, e.Topic, e.State)
+		}
+		if c.frame != "" && string(e.Frame) != c.frame {
+			t.Errorf("frame\n got %s\nwant %s", e.Frame, c.frame)
+		}
+	}
+	for _, in := range []string{`{}`, `{"payload": {"wallet_id": "w"}}`, `{"payload": {"topic": "t", "payload": {}}}`, `nope`} {
+		if _, err := ParseEntry([]byte(in), time.Now()); err == nil {
+			t.Errorf("%s parsed", in)
+		}
+	}
+}
