@@ -73,6 +73,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	}
 	ns := natstest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nc, err := natsq.Connect(ctx, ns.URL(), log)
 	if err != nil {
@@ -98,22 +99,8 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		Timeout: o.timeout, Ping: o.ping, LookBack: o.lookBack, MaxStreams: 100000,
 		Ready: src.Ready, Registry: reg, Log: log,
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	done := make(chan struct{})
-	go func() { src.Run(ctx); close(done) }()
-	t.Cleanup(func() {
-		c, stop := context.WithTimeout(context.Background(), 5*time.Second)
-		defer stop()
-		_ = srv.Shutdown(c)
-		cancel()
-		<-done
-		nc.Close()
-	})
-	r := &rig{t: t, addr: ln.Addr().String(), js: js, hub: hub, srv: srv, src: src}
+	r := serve(t, hub, srv, func(ctx context.Context) { src.Run(ctx); nc.Close() })
+	r.js, r.src = js, src
 	deadline := time.Now().Add(10 * time.Second)
 	for !src.Ready() {
 		if time.Now().After(deadline) {
@@ -122,6 +109,28 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return r
+}
+
+// serve runs srv on a free port and run (the source) beside it until the test ends, then shuts
+// the server down and waits for run to return.
+func serve(t *testing.T, hub *Hub, srv *Server, run func(context.Context)) *rig {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { run(ctx); close(done) }()
+	t.Cleanup(func() {
+		c, stop := context.WithTimeout(context.Background(), 5*time.Second)
+		defer stop()
+		_ = srv.Shutdown(c)
+		cancel()
+		<-done
+	})
+	return &rig{t: t, addr: ln.Addr().String(), hub: hub, srv: srv}
 }
 
 // publish sends an event envelope under the subject upstream uses.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -24,29 +23,14 @@ func TestListSourceFeedsStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
 	hub := NewHub(time.Minute, 100)
-	src, err := OpenListSource(ctx, b, hub, prometheus.NewRegistry(), log)
+	src, err := OpenListSource(context.Background(), b, hub, prometheus.NewRegistry(), log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { src.Run(ctx); close(done) }()
 	srv := NewServer(hub, Options{Auth: Auth{GovernanceKey: []byte(testGovernance)}, Timeout: 10 * time.Second,
 		Ping: 15 * time.Second, LookBack: time.Minute, Ready: src.Ready, Log: log})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		c, stop := context.WithTimeout(context.Background(), 5*time.Second)
-		defer stop()
-		_ = srv.Shutdown(c)
-		cancel()
-		<-done
-	})
-	r := &rig{t: t, addr: ln.Addr().String(), hub: hub, srv: srv}
+	r := serve(t, hub, srv, src.Run)
 	s := r.open("/v1/sse/w1/proofs/pres_ex_id/p1/presentation-received", "governance."+testGovernance)
 	r.waitOpen(1)
 	entry := `{"payload": {"wallet_id": "w1", "state": "presentation_received", "topic": "acapy::record::present_proof_v2_0::presentation_received", "category": "present_proof_v2_0", "payload": {"state": "presentation_received", "pres_ex_id": "p1"}}, "metadata": {"x-wallet-id": "w1"}}`
