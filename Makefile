@@ -6,7 +6,7 @@ BENCH_N ?= 200000
 # Offered rates of the open-loop latency runs (10 s each, plus the floor's 10 s).
 BENCH_RATES ?= 2000,5000,10000,20000
 
-.PHONY: all build demo test vet fmt-check bench bench-brokers bench-check fuzz-check chaos profile services tools loadtest clean
+.PHONY: all build demo test vet fmt-check bench bench-brokers bench-check fuzz-check chaos profile services tools loadtest loadtest-waypoint clean
 
 all: build
 
@@ -76,7 +76,17 @@ loadtest: services tools build $(K6)
 	@status=0; \
 	RATE=$(RELAY_RATE) DURATION=$(DURATION) bash scripts/loadtest-relay.sh || status=1; \
 	RATE=$(EVENTS_RATE) DURATION=$(DURATION) bash scripts/loadtest-events.sh || status=1; \
+	$(MAKE) --no-print-directory loadtest-waypoint || status=1; \
 	exit $$status
+
+# herald waypoint holding SSE_STREAMS streams open, their events published among SSE_NOISE others
+# at SSE_RATE events/s through a JetStream stream of the run's own (k6 cannot hold SSE streams).
+SSE_STREAMS ?= 10000
+SSE_NOISE   ?= 100000
+SSE_RATE    ?= 20000
+loadtest-waypoint: services build
+	$(GO) build -o bin/loadtest-waypoint ./loadtest/waypoint
+	bin/loadtest-waypoint -herald bin/herald -streams $(SSE_STREAMS) -noise $(SSE_NOISE) -rate $(SSE_RATE)
 
 # CPU and heap profiles of the at-least-once drain (the default mode), read with go tool pprof.
 profile: services
