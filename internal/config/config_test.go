@@ -52,3 +52,38 @@ func TestDurationsAcceptSeconds(t *testing.T) {
 		t.Fatalf("%+v %v", c, err)
 	}
 }
+
+func TestLoadWaypoint(t *testing.T) {
+	c, err := LoadWaypoint(MapEnv(map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "SSE_TIMEOUT": "30"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Timeout != 30*time.Second || c.LookBack != time.Minute || c.Ping != 15*time.Second ||
+		c.Stream != "cloudapi_aries_state_monitoring" || c.Subject != "cloudapi.aries.state_monitoring" ||
+		c.Listen != "127.0.0.1:3011" || c.Source.Kind != "" || len(c.GovernanceKey) != 0 {
+		t.Fatalf("defaults: %+v", c)
+	}
+	c, err = LoadWaypoint(MapEnv(map[string]string{"ACAPY_GOVERNANCE_AGENT_API_KEY": "k", "HERALD_SOURCE": "redis://h:6379?list=waypoint"}))
+	if err != nil || c.Source.Kind != KindRedis {
+		t.Fatalf("redis source: %+v %v", c.Source, err)
+	}
+	for _, tc := range []struct {
+		env map[string]string
+		key string
+	}{
+		{map[string]string{}, "ACAPY_MULTITENANT_JWT_SECRET"},
+		{map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "SSE_TIMEOUT": "never"}, "SSE_TIMEOUT"},
+		{map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "SSE_LOOK_BACK": "-1"}, "SSE_LOOK_BACK"},
+		{map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "HERALD_LISTEN": "3011"}, "HERALD_LISTEN"},
+		{map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "NATS_STATE_SUBJECT": "a.*"}, "NATS_STATE_SUBJECT"},
+		{map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "NATS_STATE_STREAM": "a.b"}, "NATS_STATE_STREAM"},
+		{map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "NATS_CREDS_FILE": "/nonexistent.creds"}, "NATS_CREDS_FILE"},
+		{map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "HERALD_SOURCE": "kafka://h:9092?topic=t"}, "HERALD_SOURCE"},
+		{map[string]string{"ACAPY_MULTITENANT_JWT_SECRET": "s", "HERALD_SOURCE": "redis://h:6379"}, "HERALD_SOURCE"},
+	} {
+		_, err := LoadWaypoint(MapEnv(tc.env))
+		if err == nil || !strings.HasPrefix(err.Error(), tc.key+": ") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: error %v, want one line starting with %s", tc.env, err, tc.key)
+		}
+	}
+}
