@@ -33,6 +33,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/heraldhq/herald/internal/fixture"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -461,35 +462,11 @@ func (h *herald) stop() {
 	}
 }
 
-// rss is herald's resident set in bytes, from /proc.
-func (h *herald) rss() int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
+// rss is herald's resident set in bytes.
+func (h *herald) rss() int64 { return fixture.RSS(h.cmd.Process.Pid) }
 
-// cpu is herald's user + system time so far, from /proc (clock ticks of 10 ms).
-func (h *herald) cpu() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", h.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+s) * 10 * time.Millisecond
-}
+// cpu is herald's user + system time so far.
+func (h *herald) cpu() time.Duration { return fixture.CPUTime(h.cmd.Process.Pid) }
 
 func randomHex(n int) string {
 	b := make([]byte, n)
