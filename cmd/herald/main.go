@@ -25,6 +25,7 @@ func init() {
 		{"relay", "take DIDComm messages over HTTP and WebSocket and queue them for ACA-Py", runRelay},
 		{"events", "take ACA-Py events over HTTP and route them to Redis lists as the redis_events plugin does", runEvents},
 		{"waypoint", "serve Server-Sent Events streams that each wait for one event, fed by NATS JetStream", runWaypoint},
+		{"callbacks", "deliver Anchor Platform events from Kafka: signed client callbacks and the business server", runCallbacks},
 		{"dlq", "list, show, replay or purge the dead-letter list", runDLQ},
 		{"demo", "run the deliverer end to end on this machine: local Redis, a producer and a receiver", runDemo},
 		{"version", "print the version", runVersion},

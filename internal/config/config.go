@@ -6,13 +6,15 @@ package config
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/heraldhq/herald/engine"
 	"net"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"go.yaml.in/yaml/v3"
 )
 
 // Error is an invalid or missing setting. Its text is the one line printed before exiting 2.
@@ -683,6 +685,227 @@ func LoadWaypoint(env Env) (Waypoint, error) {
 	}
 	if len(c.GovernanceKey) == 0 && len(c.TenantAdminKey) == 0 && len(c.JWTSecret) == 0 {
 		r.fail("ACAPY_MULTITENANT_JWT_SECRET", "no role could ever open a stream: set it, ACAPY_GOVERNANCE_AGENT_API_KEY or ACAPY_TENANT_AGENT_API_KEY")
+	}
+	return c, r.err
+}
+
+// Callbacks is the configuration of `herald callbacks`, in the Anchor Platform's own keys.
+type Callbacks struct {
+	Seeds []string // events.queue.kafka.bootstrap_server
+	Topic string   // the Kafka topic carrying every event (TRANSACTION)
+
+	ClientCallbacks bool // event_processor.client_status_callback.enabled
+	BusinessServer  bool // event_processor.callback_api_request.enabled
+
+	BaseURL       string // callback_api.base_url
+	AuthType      string // callback_api.auth.type: none, api_key or jwt
+	AuthSecret    string // SECRET_CALLBACK_API_AUTH_SECRET
+	JWTExpiration time.Duration
+	JWTHeader     string
+	APIKeyHeader  string
+
+	SigningSeed string // SECRET_SEP10_SIGNING_SEED
+	Clients     []CallbackClient
+
+	Timeout     time.Duration
+	Attempts    int           // deliveries tried before the dead-letter topic
+	BackoffBase time.Duration // first wait between attempts, doubled each time
+	BackoffCap  time.Duration
+	Lanes       int // transactions delivered at once per destination
+	Status      Status
+	LogFormat   string
+	LogLevel    string
+}
+
+// CallbackClient is one wallet of clients: its callback URL per SEP.
+type CallbackClient struct {
+	Name, Domain string
+	URLs         map[string]string // sep6, sep24, sep31, sep12
+}
+
+// CallbacksVars lists every variable `herald callbacks` reads, in the order --help shows them.
+var CallbacksVars = []Var{
+	{"STELLAR_ANCHOR_CONFIG", "", "the Anchor Platform's YAML (file:/path or a path): events, event_processor, callback_api, clients"},
+	{"EVENTS_QUEUE_KAFKA_BOOTSTRAP_SERVER", "(required)", "Kafka brokers, host:port[,host:port]"},
+	{"EVENT_PROCESSOR_CLIENT_STATUS_CALLBACK_ENABLED", "false", "send signed status callbacks to the clients' callback_urls"},
+	{"EVENT_PROCESSOR_CALLBACK_API_REQUEST_ENABLED", "false", "send every event to the business server, POST {callback_api.base_url}/event"},
+	{"CALLBACK_API_BASE_URL", "", "the business server"},
+	{"CALLBACK_API_AUTH_TYPE", "none", "none, api_key or jwt"},
+	{"CALLBACK_API_AUTH_JWT_EXPIRATION_MILLISECONDS", "30000", "lifetime of each token (at least 5000)"},
+	{"CALLBACK_API_AUTH_JWT_HTTP_HEADER", "Authorization", "header carrying Bearer <jwt>"},
+	{"CALLBACK_API_AUTH_API_KEY_HTTP_HEADER", "X-Api-Key", "header carrying the API key"},
+	{"SECRET_CALLBACK_API_AUTH_SECRET", "", "the API key, or the JWT's HS256 secret (at least 32 bytes)"},
+	{"SECRET_SEP10_SIGNING_SEED", "", "Stellar secret seed S... signing client callbacks"},
+	{"HERALD_TOPIC", "TRANSACTION", "the Kafka topic of the events"},
+	{"HERALD_TIMEOUT", "10s", "timeout of one callback"},
+	{"HERALD_ATTEMPTS", "8", "attempts of one callback before it goes to the dead-letter topic <topic>.<group>.dead"},
+	{"HERALD_BACKOFF", "1s", "first wait between attempts, doubled each time"},
+	{"HERALD_BACKOFF_MAX", "300s", "longest wait between attempts"},
+	{"HERALD_LANES", "64", "transactions delivered at once per destination (each transaction's events in order)"},
+	{"STATUS_ENDPOINT_HOST", "", "status server host; served only when HOST, PORT and API_KEY are all set"},
+	{"STATUS_ENDPOINT_PORT", "", "status server port"},
+	{"STATUS_ENDPOINT_API_KEY", "", "value the access_token header must carry"},
+	{"HERALD_LOG_FORMAT", "text", "text or json"},
+	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
+}
+
+// anchorFile is the part of the Anchor Platform's configuration the callbacks read.
+type anchorFile struct {
+	Events struct {
+		Queue struct {
+			Kafka struct {
+				BootstrapServer string `yaml:"bootstrap_server"`
+			} `yaml:"kafka"`
+		} `yaml:"queue"`
+	} `yaml:"events"`
+	EventProcessor struct {
+		ClientStatusCallback struct {
+			Enabled *bool `yaml:"enabled"`
+		} `yaml:"client_status_callback"`
+		CallbackAPIRequest struct {
+			Enabled *bool `yaml:"enabled"`
+		} `yaml:"callback_api_request"`
+	} `yaml:"event_processor"`
+	CallbackAPI struct {
+		BaseURL string `yaml:"base_url"`
+		Auth    struct {
+			Type string `yaml:"type"`
+			JWT  struct {
+				ExpirationMilliseconds int64  `yaml:"expiration_milliseconds"`
+				HTTPHeader             string `yaml:"http_header"`
+			} `yaml:"jwt"`
+			APIKey struct {
+				HTTPHeader string `yaml:"http_header"`
+			} `yaml:"api_key"`
+		} `yaml:"auth"`
+	} `yaml:"callback_api"`
+	Clients []struct {
+		Name         string            `yaml:"name"`
+		Domain       string            `yaml:"domain"`
+		Domains      []string          `yaml:"domains"`
+		CallbackURL  string            `yaml:"callback_url"`
+		CallbackURLs map[string]string `yaml:"callback_urls"`
+	} `yaml:"clients"`
+}
+
+// LoadCallbacks reads and validates the configuration of `herald callbacks`: the YAML file first,
+// then the environment variables of the same keys, as the Anchor Platform does.
+func LoadCallbacks(env Env) (Callbacks, error) {
+	r := &reader{env: env}
+	var f anchorFile
+	if path := strings.TrimPrefix(r.str("STELLAR_ANCHOR_CONFIG", ""), "file:"); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return Callbacks{}, &Error{Key: "STELLAR_ANCHOR_CONFIG", Reason: err.Error()}
+		}
+		if err := yaml.Unmarshal(b, &f); err != nil {
+			return Callbacks{}, &Error{Key: "STELLAR_ANCHOR_CONFIG", Reason: "not the Anchor Platform's YAML: " + err.Error()}
+		}
+	}
+	boolOf := func(key string, file *bool) bool {
+		def := "false"
+		if file != nil && *file {
+			def = "true"
+		}
+		return r.oneOf(key, def, "true", "false") == "true"
+	}
+	c := Callbacks{
+		Topic:           r.str("HERALD_TOPIC", "TRANSACTION"),
+		ClientCallbacks: boolOf("EVENT_PROCESSOR_CLIENT_STATUS_CALLBACK_ENABLED", f.EventProcessor.ClientStatusCallback.Enabled),
+		BusinessServer:  boolOf("EVENT_PROCESSOR_CALLBACK_API_REQUEST_ENABLED", f.EventProcessor.CallbackAPIRequest.Enabled),
+		BaseURL:         strings.TrimRight(r.str("CALLBACK_API_BASE_URL", f.CallbackAPI.BaseURL), "/"),
+		AuthType:        r.oneOf("CALLBACK_API_AUTH_TYPE", orDefault(f.CallbackAPI.Auth.Type, "none"), "none", "api_key", "jwt"),
+		AuthSecret:      r.str("SECRET_CALLBACK_API_AUTH_SECRET", ""),
+		JWTHeader:       r.str("CALLBACK_API_AUTH_JWT_HTTP_HEADER", orDefault(f.CallbackAPI.Auth.JWT.HTTPHeader, "Authorization")),
+		APIKeyHeader:    r.str("CALLBACK_API_AUTH_API_KEY_HTTP_HEADER", orDefault(f.CallbackAPI.Auth.APIKey.HTTPHeader, "X-Api-Key")),
+		SigningSeed:     r.str("SECRET_SEP10_SIGNING_SEED", ""),
+		Timeout:         r.duration("HERALD_TIMEOUT", 10*time.Second),
+		Attempts:        r.positive("HERALD_ATTEMPTS", 8),
+		BackoffBase:     r.duration("HERALD_BACKOFF", time.Second),
+		BackoffCap:      r.duration("HERALD_BACKOFF_MAX", 300*time.Second),
+		Lanes:           r.positive("HERALD_LANES", 64),
+		Status:          r.status(),
+		LogFormat:       r.oneOf("HERALD_LOG_FORMAT", "text", "text", "json"),
+		LogLevel:        r.oneOf("HERALD_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+	}
+	seeds := r.str("EVENTS_QUEUE_KAFKA_BOOTSTRAP_SERVER", f.Events.Queue.Kafka.BootstrapServer)
+	for _, s := range strings.Split(seeds, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			if err := checkHostPort(s); err != nil {
+				r.fail("EVENTS_QUEUE_KAFKA_BOOTSTRAP_SERVER", "%v", err)
+			}
+			c.Seeds = append(c.Seeds, s)
+		}
+	}
+	if len(c.Seeds) == 0 {
+		r.fail("EVENTS_QUEUE_KAFKA_BOOTSTRAP_SERVER", "not set (events.queue.kafka.bootstrap_server): want host:port")
+	}
+	ms := f.CallbackAPI.Auth.JWT.ExpirationMilliseconds
+	if ms == 0 {
+		ms = 30000
+	}
+	if v := r.str("CALLBACK_API_AUTH_JWT_EXPIRATION_MILLISECONDS", ""); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			r.fail("CALLBACK_API_AUTH_JWT_EXPIRATION_MILLISECONDS", "want a whole number of milliseconds, got %q", v)
+		}
+		ms = n
+	}
+	c.JWTExpiration = time.Duration(ms) * time.Millisecond
+	if !c.ClientCallbacks && !c.BusinessServer {
+		r.fail("EVENT_PROCESSOR_CALLBACK_API_REQUEST_ENABLED", "neither it nor EVENT_PROCESSOR_CLIENT_STATUS_CALLBACK_ENABLED is true: nothing would be sent")
+	}
+	if c.BusinessServer {
+		if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			r.fail("CALLBACK_API_BASE_URL", "want http(s)://host[:port][/path] (callback_api.base_url), got %q", c.BaseURL)
+		}
+		switch c.AuthType {
+		case "jwt":
+			if len(c.AuthSecret) < 32 {
+				r.fail("SECRET_CALLBACK_API_AUTH_SECRET", "the JWT secret is %d bytes; at least 32 are needed", len(c.AuthSecret))
+			}
+			if c.JWTExpiration < 5000*time.Millisecond {
+				r.fail("CALLBACK_API_AUTH_JWT_EXPIRATION_MILLISECONDS", "at least 5000, got %d", ms)
+			}
+		case "api_key":
+			if c.AuthSecret == "" {
+				r.fail("SECRET_CALLBACK_API_AUTH_SECRET", "not set: api_key authentication needs the key")
+			}
+		}
+	}
+	if c.ClientCallbacks {
+		if c.SigningSeed == "" {
+			r.fail("SECRET_SEP10_SIGNING_SEED", "not set: client callbacks are signed with it")
+		}
+		if len(f.Clients) == 0 {
+			r.fail("STELLAR_ANCHOR_CONFIG", "client status callbacks are enabled but the file lists no clients")
+		}
+	}
+	for i, fc := range f.Clients {
+		cl := CallbackClient{Name: fc.Name, Domain: fc.Domain, URLs: map[string]string{}}
+		if cl.Domain == "" && len(fc.Domains) > 0 {
+			cl.Domain = fc.Domains[0]
+		}
+		for sep, u := range fc.CallbackURLs {
+			cl.URLs[sep] = u
+		}
+		if fc.CallbackURL != "" && len(cl.URLs) == 0 { // the older single-URL form
+			for _, sep := range []string{"sep6", "sep24", "sep31", "sep12"} {
+				cl.URLs[sep] = fc.CallbackURL
+			}
+		}
+		if cl.Name == "" || strings.Trim(cl.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" {
+			r.fail("STELLAR_ANCHOR_CONFIG", "clients[%d] name %q: want letters, digits, '.', '_' or '-' (it names a consumer group and a topic)", i, cl.Name)
+		}
+		for sep, u := range cl.URLs {
+			if u == "" {
+				continue
+			}
+			if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+				r.fail("STELLAR_ANCHOR_CONFIG", "clients[%d] (%s) callback_urls.%s: want http(s)://host/..., got %q", i, cl.Name, sep, u)
+			}
+		}
+		c.Clients = append(c.Clients, cl)
 	}
 	return c, r.err
 }

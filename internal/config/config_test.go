@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,71 @@ func TestLoadWaypoint(t *testing.T) {
 		_, err := LoadWaypoint(MapEnv(tc.env))
 		if err == nil || !strings.HasPrefix(err.Error(), tc.key+": ") || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: error %v, want one line starting with %s", tc.env, err, tc.key)
+		}
+	}
+}
+
+func TestLoadCallbacksFromTheAnchorPlatformsYAML(t *testing.T) {
+	path := t.TempDir() + "/anchor-config.yaml"
+	yaml := `
+events:
+  queue:
+    kafka:
+      bootstrap_server: kafka:29092
+event_processor:
+  client_status_callback:
+    enabled: true
+  callback_api_request:
+    enabled: true
+callback_api:
+  base_url: http://business:8081/
+  auth:
+    type: jwt
+    jwt:
+      expiration_milliseconds: 30000
+      http_header: X-Auth
+clients:
+  - name: referenceCustodial
+    domain: wallet.example.com
+    callback_urls:
+      sep24: https://wallet.example.com/sep24
+      sep12: ""
+  - name: legacy
+    callback_url: http://legacy:9000/cb
+`
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"STELLAR_ANCHOR_CONFIG": "file:" + path, "SECRET_CALLBACK_API_AUTH_SECRET": strings.Repeat("s", 32),
+		"SECRET_SEP10_SIGNING_SEED": "SDHOAMBNLGCE2MV5ZKIVZAQD3VCLGP53P3OBSBI6UN5L5XZI5TKHFQL4", "CALLBACK_API_AUTH_JWT_EXPIRATION_MILLISECONDS": "60000"}
+	c, err := LoadCallbacks(MapEnv(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Seeds) != 1 || c.Seeds[0] != "kafka:29092" || !c.ClientCallbacks || !c.BusinessServer || c.BaseURL != "http://business:8081" ||
+		c.AuthType != "jwt" || c.JWTHeader != "X-Auth" || c.JWTExpiration != time.Minute || c.Topic != "TRANSACTION" || len(c.Clients) != 2 ||
+		c.Clients[0].URLs["sep24"] != "https://wallet.example.com/sep24" || c.Clients[1].URLs["sep6"] != "http://legacy:9000/cb" {
+		t.Fatalf("loaded %+v", c)
+	}
+	for key, change := range map[string]map[string]string{
+		"SECRET_CALLBACK_API_AUTH_SECRET":               {"SECRET_CALLBACK_API_AUTH_SECRET": "short"},
+		"CALLBACK_API_AUTH_JWT_EXPIRATION_MILLISECONDS": {"CALLBACK_API_AUTH_JWT_EXPIRATION_MILLISECONDS": "4999"},
+		"SECRET_SEP10_SIGNING_SEED":                     {"SECRET_SEP10_SIGNING_SEED": ""},
+		"CALLBACK_API_AUTH_TYPE":                        {"CALLBACK_API_AUTH_TYPE": "oauth"},
+		"CALLBACK_API_BASE_URL":                         {"CALLBACK_API_BASE_URL": "business:8081"},
+		"EVENTS_QUEUE_KAFKA_BOOTSTRAP_SERVER":           {"EVENTS_QUEUE_KAFKA_BOOTSTRAP_SERVER": "kafka"},
+		"STELLAR_ANCHOR_CONFIG":                         {"STELLAR_ANCHOR_CONFIG": path + ".missing"},
+	} {
+		e := map[string]string{}
+		for k, v := range env {
+			e[k] = v
+		}
+		for k, v := range change {
+			e[k] = v
+		}
+		_, err := LoadCallbacks(MapEnv(e))
+		if err == nil || !strings.HasPrefix(err.Error(), key+": ") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: error %v, want one line starting with %s", change, err, key)
 		}
 	}
 }
