@@ -152,7 +152,7 @@ func (p *Pipeline) takeLoop(ctx context.Context, work chan<- *Message, r *room, 
 			}
 			backoff = nextBackoff(backoff)
 			p.Log.Warn("taking from the source failed; backing off", "err", err, "retry_in", backoff)
-			sleepCtx(ctx, backoff)
+			Sleep(ctx, backoff)
 			continue
 		}
 		backoff = 0
@@ -276,7 +276,7 @@ func (p *Pipeline) settle(ctx context.Context, m *Message, o Outcome, retries in
 		}
 		backoff = nextBackoff(backoff)
 		p.Log.Warn("settling failed; retrying", "outcome", o.String(), "err", err, "retry_in", backoff)
-		sleepCtx(ctx, backoff)
+		Sleep(ctx, backoff)
 	}
 }
 
@@ -295,11 +295,15 @@ func nextBackoff(d time.Duration) time.Duration {
 	return min(2*d, 5*time.Second)
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) {
+// Sleep waits for d, or until ctx ends; it reports whether the whole wait passed. Every service's
+// backoff and polling waits go through it, so that none outlives a shutdown.
+func Sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
 	case <-ctx.Done():
+		return false
 	}
 }

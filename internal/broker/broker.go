@@ -85,7 +85,7 @@ func OpenSource(ctx context.Context, b config.Broker, o SourceOptions, log *slog
 		if err != nil {
 			return nil, err
 		}
-		err = kafkaTopics(ctx, admin, queue, log)
+		err = CreateKafkaTopics(ctx, admin, queueTopics(queue), log)
 		admin.Close()
 		if err != nil {
 			return nil, err
@@ -198,7 +198,7 @@ func OpenPublisher(ctx context.Context, b config.Broker, o PublisherOptions, log
 			return nil, err
 		}
 		for _, q := range o.Queues {
-			if err := kafkaTopics(ctx, p, q, log); err != nil {
+			if err := CreateKafkaTopics(ctx, p, queueTopics(q), log); err != nil {
 				p.Close()
 				return nil, err
 			}
@@ -267,10 +267,11 @@ func Subjects(templates []string) ([]string, error) {
 	return kept, nil
 }
 
-// kafkaTopics creates a queue's topics, its retry and dead-letter topics, through p, waiting for
-// the cluster until ctx ends.
-func kafkaTopics(ctx context.Context, p *kafkaq.Publisher, queue string, log *slog.Logger) error {
-	topics := []string{queue, queue + "_retry", queue + "_dead"}
+// queueTopics are a queue's topics: its own, its retries' and its dead letters'.
+func queueTopics(queue string) []string { return []string{queue, queue + "_retry", queue + "_dead"} }
+
+// CreateKafkaTopics makes topics exist through p, waiting for the cluster until ctx ends.
+func CreateKafkaTopics(ctx context.Context, p *kafkaq.Publisher, topics []string, log *slog.Logger) error {
 	wait := time.Second
 	for {
 		err := p.CreateTopics(ctx, topics...)
@@ -278,10 +279,8 @@ func kafkaTopics(ctx context.Context, p *kafkaq.Publisher, queue string, log *sl
 			return err
 		}
 		log.Warn("creating the Kafka topics failed; retrying", "topics", topics, "err", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
+		if !engine.Sleep(ctx, wait) {
 			return ctx.Err()
-		case <-time.After(wait):
 		}
 		wait = min(2*wait, 30*time.Second)
 	}

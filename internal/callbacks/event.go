@@ -40,12 +40,14 @@ func ParseEvent(b []byte) (*Event, error) {
 	}
 	e := &Event{Type: *raw.Type, ID: raw.ID, Sep: scalar(raw.Sep),
 		Transaction: object(raw.Transaction), Quote: object(raw.Quote), Customer: object(raw.Customer)}
-	var fields struct {
+	// The members of a transaction or a customer that route and order an event.
+	type owner struct {
 		ID           string          `json:"id"`
 		Sep          json.RawMessage `json:"sep"`
 		ClientName   string          `json:"client_name"`
 		ClientDomain string          `json:"client_domain"`
 	}
+	var fields owner
 	if e.Transaction != nil {
 		if err := json.Unmarshal(e.Transaction, &fields); err != nil {
 			return nil, errors.New("transaction: " + err.Error())
@@ -53,12 +55,7 @@ func ParseEvent(b []byte) (*Event, error) {
 		e.txID, e.txSep, e.clientName, e.clientDomain = fields.ID, scalar(fields.Sep), fields.ClientName, fields.ClientDomain
 	}
 	if e.Customer != nil {
-		fields = struct {
-			ID           string          `json:"id"`
-			Sep          json.RawMessage `json:"sep"`
-			ClientName   string          `json:"client_name"`
-			ClientDomain string          `json:"client_domain"`
-		}{}
+		fields = owner{}
 		if err := json.Unmarshal(e.Customer, &fields); err != nil {
 			return nil, errors.New("customer: " + err.Error())
 		}

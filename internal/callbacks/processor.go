@@ -79,7 +79,7 @@ func (p *processor) run(ctx context.Context) {
 		if err != nil {
 			if ctx.Err() == nil {
 				p.log.Warn("reading the events failed; retrying", "err", err)
-				sleep(ctx, time.Second)
+				engine.Sleep(ctx, time.Second)
 			}
 			continue
 		}
@@ -192,7 +192,7 @@ func (p *processor) deliver(ctx context.Context, it item) bool {
 			pause = min(ra, p.opt.BackoffCap) // the receiver said when
 		}
 		p.log.Debug("callback failed; retrying", "event", it.e.ID, "attempt", attempt, "err", err, "in", pause)
-		if !sleep(ctx, pause) {
+		if !engine.Sleep(ctx, pause) {
 			return false
 		}
 		wait = min(2*wait, p.opt.BackoffCap)
@@ -226,17 +226,6 @@ func retryAfter(resp *fasthttp.Response) time.Duration {
 		return time.Until(t)
 	}
 	return 0
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // encodeDead is the dead-letter record: why, where, when, and the event as it came.

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/kafkaq"
 	"github.com/heraldhq/herald/internal/service"
@@ -83,14 +84,11 @@ func Run(ctx context.Context, c config.Callbacks, log *slog.Logger) error {
 	for _, d := range ds {
 		topics = append(topics, retryTopic(c.Topic, d.group), deadTopic(c.Topic, d.group))
 	}
-	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
-		if err = admin.CreateTopics(ctx, topics...); err == nil {
-			break
-		}
-		log.Warn("creating the Kafka topics failed; retrying", "topics", topics, "err", err, "retry_in", wait)
-		if !sleep(ctx, wait) {
+	if err := broker.CreateKafkaTopics(ctx, admin, topics, log); err != nil {
+		if ctx.Err() != nil {
 			return nil
 		}
+		return err
 	}
 	client := &fasthttp.Client{Name: "herald-callbacks", MaxConnsPerHost: 4 * c.Lanes,
 		ReadTimeout: c.Timeout, WriteTimeout: c.Timeout, MaxIdleConnDuration: 30 * time.Second}

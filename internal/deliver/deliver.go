@@ -163,7 +163,7 @@ func runBroker(ctx context.Context, cfg config.Deliver, st *service.Status, obs 
 
 // watchDepth refreshes the queue depth gauges; it is cheap (three commands every two seconds).
 func watchDepth(ctx context.Context, q *redisq.Queue, m *metrics.Metrics, keys redisq.Keys) {
-	for sleep(ctx, 2*time.Second) {
+	for engine.Sleep(ctx, 2*time.Second) {
 		queued, retry, inflight, err := q.Depth(ctx)
 		if err != nil {
 			continue
@@ -171,16 +171,5 @@ func watchDepth(ctx context.Context, q *redisq.Queue, m *metrics.Metrics, keys r
 		m.QueueDepth.WithLabelValues(keys.Queue).Set(float64(queued))
 		m.QueueDepth.WithLabelValues(keys.RetrySet).Set(float64(retry))
 		m.QueueDepth.WithLabelValues("inflight").Set(float64(inflight))
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/heraldhq/herald/engine"
 	"github.com/redis/rueidis"
 )
 
@@ -67,7 +68,7 @@ func (a *acker) run(ctx context.Context) {
 		few := len(a.ends) < maxAckBatch
 		a.mu.Unlock()
 		if few {
-			wait(ctx, ackLinger)
+			engine.Sleep(ctx, ackLinger)
 		}
 		for {
 			a.mu.Lock()
@@ -94,7 +95,7 @@ func (a *acker) run(ctx context.Context) {
 				}
 				backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
 				a.log.Warn("acknowledging delivered messages failed; retrying", "count", len(ends), "err", err, "retry_in", backoff)
-				wait(ctx, backoff)
+				engine.Sleep(ctx, backoff)
 			}
 			backoff = 0
 			a.mu.Lock()

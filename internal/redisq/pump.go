@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/heraldhq/herald/engine"
 	"github.com/redis/rueidis"
 )
 
@@ -21,13 +22,13 @@ func (q *Queue) pumpLoop(ctx context.Context) {
 			}
 			backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
 			q.o.Log.Warn("retry pump failed; backing off", "err", err, "retry_in", backoff)
-			wait(ctx, backoff)
+			engine.Sleep(ctx, backoff)
 			continue
 		}
 		backoff = 0
 		if moved < q.o.PumpBatch {
 			// Scores are whole seconds, so polling faster than this finds nothing new.
-			wait(ctx, time.Second)
+			engine.Sleep(ctx, time.Second)
 		}
 	}
 }
@@ -82,13 +83,4 @@ func (q *Queue) claimDeadStaging(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func wait(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

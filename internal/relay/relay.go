@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/metrics"
@@ -194,7 +195,7 @@ func (r *Relay) readResponses(ctx context.Context, list string) {
 			}
 			backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
 			r.log.Warn("reading direct responses failed; retrying", "list", list, "err", err, "retry_in", backoff)
-			sleep(ctx, backoff)
+			engine.Sleep(ctx, backoff)
 			continue
 		}
 		backoff = 0
@@ -235,16 +236,7 @@ func (r *Relay) listenForwarded(ctx context.Context) {
 			return
 		}
 		r.log.Warn("listening for forwarded direct responses failed; retrying in 1 s", "err", err)
-		sleep(ctx, time.Second)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
+		engine.Sleep(ctx, time.Second)
 	}
 }
 

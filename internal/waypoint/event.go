@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"strconv"
 	"strings"
 	"time"
 
@@ -67,7 +66,8 @@ func ParseEvent(b []byte, at time.Time) (*Event, error) {
 	if err := e.build(env.Wallet, env.Topic, env.Origin, env.Group, env.Payload); err != nil {
 		return nil, err
 	}
-	e.State, _ = member(e.Payload, "state")
+	state, _ := member(e.Payload, "state")
+	e.State = string(state)
 	return e, nil
 }
 
@@ -107,21 +107,20 @@ func text(r json.RawMessage, name string) (string, error) {
 	if len(r) == 0 || string(r) == "null" {
 		return "", nil
 	}
-	s, err := strconv.Unquote(string(r))
-	if err != nil || r[0] != '"' {
-		// strconv.Unquote is Go syntax, which JSON strings are not quite: let JSON decide.
-		if err := json.Unmarshal(r, &s); err != nil {
-			return "", errors.New(name + " is not a string")
-		}
+	var s string
+	if err := json.Unmarshal(r, &s); err != nil {
+		return "", errors.New(name + " is not a string")
 	}
 	return s, nil
 }
 
 // member returns the text a stream compares its field_id with: a string's value, or a number or
 // boolean as written. ok is false when the payload has no such member, or not of those kinds.
-func member(payload []byte, name string) (string, bool) {
-	v, _, ok := acapy.ScalarMember(payload, make([]byte, 0, len(payload)), name)
-	return string(v), ok
+// The bytes are the payload's own unless the string had escapes: matching allocates nothing for
+// the usual plain ids.
+func member(payload []byte, name string) ([]byte, bool) {
+	v, _, ok := acapy.ScalarMember(payload, nil, name)
+	return v, ok
 }
 
 // canonicalTopic maps the spellings upstream uses for one topic to one, so that a stream asking
@@ -192,6 +191,6 @@ func ParseEntry(b []byte, at time.Time) (*Event, error) {
 		return nil, err
 	}
 	state, _ := member(e.Payload, "state")
-	e.State = strings.ReplaceAll(state, "_", "-")
+	e.State = strings.ReplaceAll(string(state), "_", "-")
 	return e, nil
 }

@@ -50,7 +50,7 @@ func TestMemberText(t *testing.T) {
 		name, want string
 		ok         bool
 	}{{"s", `a"b`, true}, {"n", "42", true}, {"f", "1.50", true}, {"b", "true", true}, {"z", "", false}, {"o", "", false}, {"missing", "", false}} {
-		if got, ok := member(p, c.name); got != c.want || ok != c.ok {
+		if got, ok := member(p, c.name); string(got) != c.want || ok != c.ok {
 			t.Errorf("member %q: %q %v, want %q %v", c.name, got, ok, c.want, c.ok)
 		}
 	}

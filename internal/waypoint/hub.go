@@ -34,7 +34,7 @@ func (w *Waiter) matches(e *Event) bool {
 		return false
 	}
 	v, ok := member(e.Payload, w.field)
-	return ok && v == w.value
+	return ok && string(v) == w.value
 }
 
 // aLongTimeAgo is a read deadline that has passed: setting it wakes a blocked Read at once.
@@ -175,7 +175,7 @@ func (h *Hub) Publish(e *Event) int {
 			if !ok {
 				continue
 			}
-			for _, w := range vals[v] {
+			for _, w := range vals[string(v)] {
 				if w.group == "" || w.group == e.Group {
 					woken = append(woken, w)
 				}

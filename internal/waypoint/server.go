@@ -212,9 +212,8 @@ func (s *Server) stream(ctx *fasthttp.RequestCtx) {
 	key := ctx.Request.Header.Peek("x-api-key")
 	group, denied := s.opt.Auth.Check(key, key != nil, wallet, group)
 	if denied != nil {
-		s.refused.Inc()
 		s.log.Debug("SSE request refused", "status", denied.Status, "remote", ctx.RemoteAddr().String())
-		writeJSON(ctx, denied.Status, denied.Body)
+		s.refuse(ctx, denied.Status, denied.Body)
 		return
 	}
 	if s.opt.MaxStreams > 0 && s.open.Load() >= int64(s.opt.MaxStreams) {

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldhq/herald/engine"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -96,10 +97,7 @@ func (s *NATSSource) Run(ctx context.Context) {
 				s.log.Warn("cannot read the state stream; retrying every second", "stream", s.stream, "err", err, "attempts", failures+1)
 			}
 			failures++
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
+			engine.Sleep(ctx, time.Second)
 			continue
 		}
 		if failures > 0 {
