@@ -53,6 +53,25 @@ type Result struct {
 	Status int
 	// Permanent marks failures that retrying cannot fix (an unsupported scheme, say).
 	Permanent bool
+	// RetryAfter, when set on a failure, is when the next attempt may be made: the receiver's
+	// Retry-After, or how long a Gate wants a message held back. It replaces the policy's delay.
+	RetryAfter time.Duration
+	// Deferred marks a message a Gate held back before any attempt: it is retried after
+	// RetryAfter without counting a retry.
+	Deferred bool
+}
+
+// Gate decides, per message, whether its delivery may start now (rate and concurrency limits, a
+// circuit breaker, an endpoint that is gone), may add to it (signature headers), and learns from
+// how each delivery it let through ended.
+type Gate interface {
+	// Admit is called once m is decoded, just before its delivery. ok false settles m with r
+	// instead of delivering it: a Deferred r is retried after r.RetryAfter without counting an
+	// attempt, any other r counts as a failed attempt.
+	Admit(m *Message) (r Result, ok bool)
+	// Done is told how every delivery Admit let through ended, and returns the result the
+	// message is settled with (a failure it knows cannot be retried made Permanent, say).
+	Done(m *Message, r Result) Result
 }
 
 // Failure describes why a message was dead-lettered.

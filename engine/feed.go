@@ -62,9 +62,10 @@ func (f *Feed) Subscribe(wake func()) int {
 	return len(ws) - 1
 }
 
-// Next returns the next message to deliver, decoded, or nil when none is waiting. open is false
-// once the feed is closed and empty: the loop finishes what it started and returns. A message
-// that cannot be decoded is dead-lettered here and never returned.
+// Next returns the next message to deliver, decoded and admitted by the pipeline's Gate, or nil
+// when none is waiting. open is false once the feed is closed and empty: the loop finishes what
+// it started and returns. A message that cannot be decoded is dead-lettered here, and one the
+// Gate holds back is settled here, never returned.
 func (f *Feed) Next() (m *Message, open bool) {
 	for {
 		select {
@@ -78,6 +79,13 @@ func (f *Feed) Next() (m *Message, open bool) {
 		if err := Decode(f.p.Decode, m); err != nil {
 			f.slow(m, DeadLettered, Failure{Reason: "malformed entry: " + err.Error()}, 0, 0)
 			continue
+		}
+		if g := f.p.Gate; g != nil {
+			if r, ok := g.Admit(m); !ok {
+				o, retries, delay, fail := f.p.outcome(m, r)
+				f.slow(m, o, fail, retries, delay)
+				continue
+			}
 		}
 		return m, true
 	}
@@ -104,6 +112,9 @@ func (f *Feed) Abandoned() bool { return f.ctx.Err() != nil }
 // again: the sink must not touch it afterwards.
 func (f *Feed) Done(m *Message, r Result, took time.Duration) {
 	p := f.p
+	if p.Gate != nil {
+		r = p.Gate.Done(m, r)
+	}
 	p.Observer.Attempted(r, took)
 	if r.Err == nil {
 		if err := p.Source.Ack(f.ctx, m); err == nil {

@@ -39,6 +39,10 @@ type Message struct {
 
 	// Scratch is spare storage a Decoder may use for unescaped strings; it is kept across reuse.
 	Scratch []byte
+
+	// Extra holds the values of headers added after decoding (a Gate's signatures); kept apart
+	// from Scratch so that growing it never moves what the Decoder's headers point into.
+	Extra []byte
 }
 
 // Reset clears m for reuse, keeping the capacity of its buffers.
@@ -55,6 +59,7 @@ func (m *Message) Reset() {
 	m.TakenAt = 0
 	m.Token = 0
 	m.Scratch = m.Scratch[:0]
+	m.Extra = m.Extra[:0]
 }
 
 // SetRaw copies b into m.Raw, reusing its capacity.

@@ -12,9 +12,11 @@ import (
 // concurrent deliveries, and settles every message it took: acked, retried, dead-lettered,
 // dropped, or released back to the queue on shutdown.
 type Pipeline struct {
-	Source   Source
-	Decode   Decoder
-	Sink     Sink
+	Source Source
+	Decode Decoder
+	Sink   Sink
+	// Gate, when set, admits each delivery and sees how it ended (see Gate).
+	Gate     Gate
 	Policy   RetryPolicy
 	Observer Observer
 	Log      *slog.Logger
@@ -223,8 +225,18 @@ func (p *Pipeline) handle(ctx context.Context, m *Message) {
 		p.settle(ctx, m, DeadLettered, 0, 0, Failure{Reason: "malformed entry: " + err.Error()})
 		return
 	}
+	if p.Gate != nil {
+		if r, ok := p.Gate.Admit(m); !ok {
+			o, retries, delay, f := p.outcome(m, r)
+			p.settle(ctx, m, o, retries, delay, f)
+			return
+		}
+	}
 	start := time.Now()
 	r := p.Sink.Deliver(m)
+	if p.Gate != nil {
+		r = p.Gate.Done(m, r)
+	}
 	p.Observer.Attempted(r, time.Since(start))
 	o, retries, delay, f := p.outcome(m, r)
 	p.settle(ctx, m, o, retries, delay, f)
@@ -233,13 +245,19 @@ func (p *Pipeline) handle(ctx context.Context, m *Message) {
 // outcome decides how a delivery attempt that ended with r settles m.
 func (p *Pipeline) outcome(m *Message, r Result) (o Outcome, retries int, delay time.Duration, f Failure) {
 	switch {
+	case r.Deferred:
+		return Retried, m.Retries, r.RetryAfter, Failure{}
 	case r.Err == nil:
 		return Delivered, 0, 0, Failure{}
 	case r.Permanent:
 		return DeadLettered, 0, 0, Failure{Reason: r.Err.Error(), Status: r.Status}
 	case m.Retries < p.Policy.MaxRetries:
 		n := m.Retries + 1
-		return Retried, n, p.Policy.Delay(n), Failure{}
+		delay = p.Policy.Delay(n)
+		if r.RetryAfter > 0 {
+			delay = r.RetryAfter
+		}
+		return Retried, n, delay, Failure{}
 	case p.Policy.DropExhausted:
 		p.Log.Error("exceeded max retries; dropping as configured", "url", string(m.URL), "err", r.Err)
 		return Dropped, 0, 0, Failure{}

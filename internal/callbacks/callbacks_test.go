@@ -16,10 +16,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/endpoint"
 	"github.com/heraldhq/herald/internal/kafkaq/kafkatest"
 	"github.com/heraldhq/herald/internal/proctest"
 	"github.com/heraldhq/herald/internal/sign"
@@ -387,5 +389,61 @@ func TestExhaustedCallbackIsDeadLettered(t *testing.T) {
 	if json.Unmarshal(recs[0].Value, &dead) != nil || dead.Status != 503 || !strings.Contains(dead.Reason, "503") ||
 		!strings.Contains(string(dead.Event), `"doomed"`) {
 		t.Fatalf("dead letter %s", recs[0].Value)
+	}
+}
+
+// TestEndpointRulesApplyToCallbacks: HERALD_ENDPOINTS signs business-server callbacks the
+// Standard Webhooks way, with the event id as webhook-id so that a retry keeps it.
+func TestEndpointRulesApplyToCallbacks(t *testing.T) {
+	recv := newReceiver(t)
+	var calls atomic.Int32
+	recv.answer = func(c call) int {
+		if calls.Add(1) == 1 {
+			return 503
+		}
+		return 200
+	}
+	rules, err := endpoint.ParseRules(`[{"url": "` + recv.URL + `/", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, config.Callbacks{BusinessServer: true, BaseURL: recv.URL, AuthType: "none", Endpoints: rules})
+	r.send(txEvent("transaction_status_changed", "S", "24", "w", "flaky"))
+	cs := recv.waitFor(t, "the event twice", func(cs []call) bool { return len(cs) == 2 })
+	key, _ := base64.StdEncoding.DecodeString("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+	for _, c := range cs {
+		id, ts := c.header.Get("webhook-id"), c.header.Get("webhook-timestamp")
+		mac := hmac.New(sha256.New, key)
+		mac.Write([]byte(id + "." + ts + "." + string(c.body)))
+		want := "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil))
+		if id != "ev-S-flaky" || c.header.Get("webhook-signature") != want {
+			t.Errorf("webhook-id %q, signature %q, want the event id and %q", id, c.header.Get("webhook-signature"), want)
+		}
+	}
+	if v := r.metric("herald_endpoint_signed_total"); v != "2" {
+		t.Errorf("herald_endpoint_signed_total %q", v)
+	}
+}
+
+// TestGoneCallbackIsDeadLetteredAtOnce: a 410 disables the endpoint; the event is dead-lettered
+// after that one attempt, not after all of them.
+func TestGoneCallbackIsDeadLetteredAtOnce(t *testing.T) {
+	recv := newReceiver(t)
+	recv.answer = func(call) int { return 410 }
+	r := start(t, config.Callbacks{BusinessServer: true, BaseURL: recv.URL, AuthType: "none", Attempts: 5})
+	r.send(txEvent("transaction_status_changed", "G", "24", "w", "gone"), txEvent("transaction_status_changed", "H", "24", "w", "gone"))
+	deadline := time.Now().Add(10 * time.Second)
+	for r.metric(`herald_callbacks_dead_lettered_total{destination="group-callback-api"}`) != "2" {
+		if time.Now().After(deadline) {
+			t.Fatalf("not dead-lettered; %d calls", len(recv.got()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Both lanes may have sent before the first 410 came back; nothing is retried.
+	if n := len(recv.got()); n < 1 || n > 2 {
+		t.Errorf("%d calls for two events to a gone endpoint", n)
+	}
+	if v := r.metric("herald_endpoint_disabled"); v != "1" {
+		t.Errorf("herald_endpoint_disabled %q", v)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/endpoint"
 	"github.com/heraldhq/herald/internal/kafkaq"
 	"github.com/valyala/fasthttp"
 )
@@ -20,14 +21,16 @@ import (
 // or is dead-lettered, while up to Lanes lanes run at once. Offsets are committed by the queue
 // only up to the oldest event not yet settled, so a crash redelivers, never skips.
 type processor struct {
-	dest    destination
-	q       *kafkaq.Queue
-	client  *fasthttp.Client
-	opt     options
-	log     *slog.Logger
-	m       *metrics
-	slots   chan struct{} // one per lane running
-	pending chan struct{} // one per event taken and not yet settled: bounds memory
+	dest   destination
+	q      *kafkaq.Queue
+	client *fasthttp.Client
+	// endpoints applies HERALD_ENDPOINTS: limits, breaker, 410 and Standard Webhooks signing.
+	endpoints *endpoint.Table
+	opt       options
+	log       *slog.Logger
+	m         *metrics
+	slots     chan struct{} // one per lane running
+	pending   chan struct{} // one per event taken and not yet settled: bounds memory
 
 	mu    sync.Mutex
 	lanes map[string]*lane
@@ -50,11 +53,11 @@ type item struct {
 	e *Event
 }
 
-func newProcessor(dest destination, q *kafkaq.Queue, client *fasthttp.Client, opt options, m *metrics, log *slog.Logger) *processor {
+func newProcessor(dest destination, q *kafkaq.Queue, client *fasthttp.Client, endpoints *endpoint.Table, opt options, m *metrics, log *slog.Logger) *processor {
 	if opt.now == nil {
 		opt.now = time.Now
 	}
-	return &processor{dest: dest, q: q, client: client, opt: opt, m: m, log: log.With("destination", dest.group),
+	return &processor{dest: dest, q: q, client: client, endpoints: endpoints, opt: opt, m: m, log: log.With("destination", dest.group),
 		slots: make(chan struct{}, opt.Lanes), pending: make(chan struct{}, 16*opt.Lanes), lanes: map[string]*lane{}}
 }
 
@@ -154,13 +157,16 @@ func (p *processor) deliver(ctx context.Context, it item) bool {
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	wait := p.opt.BackoffBase
+	var pauseFor time.Duration
+	var sigBuf []byte
 	var last error
 	status := 0
 	for attempt := 1; attempt <= p.opt.Attempts; attempt++ {
 		req.Reset()
 		req.Header.SetMethod(fasthttp.MethodPost)
 		req.Header.SetContentType("application/json")
-		send, err := p.dest.prepare(it.e, p.opt.now(), req)
+		now := p.opt.now()
+		send, err := p.dest.prepare(it.e, now, req)
 		if err != nil {
 			last = err
 			break
@@ -170,17 +176,53 @@ func (p *processor) deliver(ctx context.Context, it item) bool {
 			p.settle(ctx, it.m, nil)
 			return true
 		}
-		start := time.Now()
-		err = p.client.DoTimeout(req, resp, p.opt.Timeout)
-		status = resp.StatusCode()
-		p.m.latency.WithLabelValues(p.dest.group).Observe(time.Since(start).Seconds())
-		if err == nil && status >= 200 && status < 400 {
-			p.m.delivered.WithLabelValues(p.dest.group).Inc()
-			p.settle(ctx, it.m, nil)
-			return true
-		}
-		if err == nil {
-			err = fmt.Errorf("answered %d", status)
+		url := req.RequestURI()
+		if r, ok := p.endpoints.Acquire(url); !ok {
+			if r.Permanent {
+				last, status = r.Err, r.Status
+				break
+			}
+			if r.Deferred { // a rate or concurrency limit: wait, without spending an attempt
+				attempt--
+				if !engine.Sleep(ctx, r.RetryAfter) {
+					return false
+				}
+				continue
+			}
+			err = r.Err // the circuit is open: a failed attempt that was never sent
+		} else {
+			if sig, ok := p.endpoints.Sign(sigBuf[:0], url, []byte(it.e.ID), now.Unix(), req.Body()); ok {
+				sigBuf = sig
+				req.Header.Set("webhook-id", it.e.ID)
+				req.Header.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
+				req.Header.SetBytesV("webhook-signature", sig)
+			}
+			start := time.Now()
+			err = p.client.DoTimeout(req, resp, p.opt.Timeout)
+			status = resp.StatusCode()
+			p.m.latency.WithLabelValues(p.dest.group).Observe(time.Since(start).Seconds())
+			res := engine.Result{Err: err, Status: status}
+			if err == nil && (status < 200 || status >= 400) {
+				res.Err = fmt.Errorf("answered %d", status)
+				if status == 429 || status == 503 {
+					res.RetryAfter = endpoint.ParseRetryAfter(resp.Header.Peek("Retry-After"), time.Now())
+				}
+			}
+			res = p.endpoints.Release(url, res)
+			if res.Err == nil {
+				p.m.delivered.WithLabelValues(p.dest.group).Inc()
+				p.settle(ctx, it.m, nil)
+				return true
+			}
+			err = res.Err
+			if res.Permanent {
+				last = err
+				p.m.failures.WithLabelValues(p.dest.group).Inc()
+				break
+			}
+			if res.RetryAfter > 0 {
+				pauseFor = res.RetryAfter // the receiver said when
+			}
 		}
 		last = err
 		p.m.failures.WithLabelValues(p.dest.group).Inc()
@@ -188,8 +230,8 @@ func (p *processor) deliver(ctx context.Context, it item) bool {
 			break
 		}
 		pause := wait
-		if ra := retryAfter(resp); ra > 0 && (status == 429 || status == 503) {
-			pause = min(ra, p.opt.BackoffCap) // the receiver said when
+		if pauseFor > 0 {
+			pause, pauseFor = min(pauseFor, p.opt.BackoffCap), 0
 		}
 		p.log.Debug("callback failed; retrying", "event", it.e.ID, "attempt", attempt, "err", err, "in", pause)
 		if !engine.Sleep(ctx, pause) {
@@ -215,17 +257,6 @@ func (p *processor) settle(ctx context.Context, m *engine.Message, f *engine.Fai
 	if err != nil && ctx.Err() == nil {
 		p.log.Warn("settling an event failed; it will be delivered again after a restart", "err", err)
 	}
-}
-
-func retryAfter(resp *fasthttp.Response) time.Duration {
-	v := resp.Header.Peek("Retry-After")
-	if n, err := strconv.Atoi(string(v)); err == nil && n >= 0 {
-		return time.Duration(n) * time.Second
-	}
-	if t, err := time.Parse(time.RFC1123, string(v)); err == nil {
-		return time.Until(t)
-	}
-	return 0
 }
 
 // encodeDead is the dead-letter record: why, where, when, and the event as it came.

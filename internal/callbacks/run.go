@@ -8,6 +8,7 @@ import (
 
 	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/endpoint"
 	"github.com/heraldhq/herald/internal/kafkaq"
 	"github.com/heraldhq/herald/internal/service"
 	"github.com/heraldhq/herald/internal/sign"
@@ -75,6 +76,10 @@ func Run(ctx context.Context, c config.Callbacks, log *slog.Logger) error {
 	}
 	defer st.Stop()
 	m := newMetrics(st.Metrics.Registry())
+	endpoints, err := endpoint.NewTable(c.Endpoints, st.Metrics.Registry(), log)
+	if err != nil {
+		return &config.Error{Key: "HERALD_ENDPOINTS", Reason: err.Error()}
+	}
 	admin, err := kafkaq.NewPublisher(kafkaq.PublisherOptions{Seeds: c.Seeds})
 	if err != nil {
 		return err
@@ -102,7 +107,7 @@ func Run(ctx context.Context, c config.Callbacks, log *slog.Logger) error {
 			return err
 		}
 		queues = append(queues, q)
-		p := newProcessor(d, q, client, opt, m, log)
+		p := newProcessor(d, q, client, endpoints, opt, m, log)
 		log.Info("delivering events", "destination", d.group, "topic", c.Topic, "dead_letter_topic", deadTopic(c.Topic, d.group))
 		wg.Add(1)
 		go func() { defer wg.Done(); p.run(ctx) }()

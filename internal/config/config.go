@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/endpoint"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -83,8 +84,10 @@ type Deliver struct {
 	// PooledClient sends every delivery through the pooled fasthttp client, one goroutine per
 	// delivery, instead of the event loops (HERALD_HTTP_CLIENT=pooled).
 	PooledClient bool
-	LogFormat    string
-	LogLevel     string
+	// Endpoints are the per-endpoint delivery rules (HERALD_ENDPOINTS): signing, limits, breaker.
+	Endpoints []endpoint.Rule
+	LogFormat string
+	LogLevel  string
 }
 
 // DeliverVars lists every variable `herald deliver` reads, in the order --help shows them.
@@ -106,6 +109,7 @@ var DeliverVars = []Var{
 	{"HERALD_DEAD_LETTER_LIST", "{<prefix>_outbound}:dead", "list receiving undeliverable entries with the reason"},
 	{"HERALD_ON_EXHAUSTED", "dead-letter", "after 5 retries: dead-letter, or drop (the reference's behaviour)"},
 	{"HERALD_INSTANCE", "(random)", "name of this instance in lease and in-flight keys"},
+	{"HERALD_ENDPOINTS", "", "per-endpoint rules, a JSON array or a file holding one: [{\"url\": prefix, \"secret\": \"whsec_...\", \"rate\", \"burst\", \"concurrency\", \"break_after\", \"cooldown\", \"on_gone\"}] (README: Endpoints)"},
 	{"HERALD_LOG_FORMAT", "text", "text or json"},
 	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
 }
@@ -169,6 +173,15 @@ func (r *reader) oneOf(key, def string, allowed ...string) string {
 	}
 	r.fail(key, "want one of %s, got %q", strings.Join(allowed, ", "), v)
 	return def
+}
+
+// endpoints reads HERALD_ENDPOINTS, the per-endpoint delivery rules.
+func (r *reader) endpoints() []endpoint.Rule {
+	rules, err := endpoint.ParseRules(r.str("HERALD_ENDPOINTS", ""))
+	if err != nil {
+		r.fail("HERALD_ENDPOINTS", "%v", err)
+	}
+	return rules
 }
 
 func (r *reader) redis() Redis {
@@ -294,6 +307,7 @@ func LoadDeliver(env Env) (Deliver, error) {
 	c.Stale = r.duration("HERALD_STALE_AFTER", 15*time.Second)
 	c.DenyPrivate = r.oneOf("HERALD_DENY_PRIVATE", "false", "false", "true") == "true"
 	c.PooledClient = r.oneOf("HERALD_HTTP_CLIENT", "event-loop", "event-loop", "pooled") == "pooled"
+	c.Endpoints = r.endpoints()
 	if c.Batch > 1000 {
 		r.fail("HERALD_BATCH", "at most 1000, got %d", c.Batch)
 	}
@@ -712,6 +726,7 @@ type Callbacks struct {
 	BackoffBase time.Duration // first wait between attempts, doubled each time
 	BackoffCap  time.Duration
 	Lanes       int // transactions delivered at once per destination
+	Endpoints   []endpoint.Rule
 	Status      Status
 	LogFormat   string
 	LogLevel    string
@@ -742,6 +757,7 @@ var CallbacksVars = []Var{
 	{"HERALD_BACKOFF", "1s", "first wait between attempts, doubled each time"},
 	{"HERALD_BACKOFF_MAX", "300s", "longest wait between attempts"},
 	{"HERALD_LANES", "64", "transactions delivered at once per destination (each transaction's events in order)"},
+	{"HERALD_ENDPOINTS", "", "per-endpoint rules, a JSON array or a file holding one: [{\"url\": prefix, \"secret\": \"whsec_...\", \"rate\", \"burst\", \"concurrency\", \"break_after\", \"cooldown\", \"on_gone\"}] (README: Endpoints)"},
 	{"STATUS_ENDPOINT_HOST", "", "status server host; served only when HOST, PORT and API_KEY are all set"},
 	{"STATUS_ENDPOINT_PORT", "", "status server port"},
 	{"STATUS_ENDPOINT_API_KEY", "", "value the access_token header must carry"},
@@ -824,6 +840,7 @@ func LoadCallbacks(env Env) (Callbacks, error) {
 		BackoffBase:     r.duration("HERALD_BACKOFF", time.Second),
 		BackoffCap:      r.duration("HERALD_BACKOFF_MAX", 300*time.Second),
 		Lanes:           r.positive("HERALD_LANES", 64),
+		Endpoints:       r.endpoints(),
 		Status:          r.status(),
 		LogFormat:       r.oneOf("HERALD_LOG_FORMAT", "text", "text", "json"),
 		LogLevel:        r.oneOf("HERALD_LOG_LEVEL", "info", "debug", "info", "warn", "error"),

@@ -33,6 +33,9 @@ func TestLoadDeliverErrorsNameTheKey(t *testing.T) {
 		{map[string]string{"REDIS_SERVER_URL": "redis://h", "HERALD_DELIVERY_MODE": "maybe"}, "HERALD_DELIVERY_MODE"},
 		{map[string]string{"REDIS_SERVER_URL": "redis://h", "HERALD_ON_EXHAUSTED": "cry"}, "HERALD_ON_EXHAUSTED"},
 		{map[string]string{"REDIS_SERVER_URL": "redis://h", "HERALD_BATCH": "5000"}, "HERALD_BATCH"},
+		{map[string]string{"REDIS_SERVER_URL": "redis://h", "HERALD_ENDPOINTS": `[{"url": "https://a/", "secret": "whsec_short"}]`}, "HERALD_ENDPOINTS"},
+		{map[string]string{"REDIS_SERVER_URL": "redis://h", "HERALD_ENDPOINTS": "[\n{\"url\": \"https://a/\",\n \"rate\": \"fast\"}]"}, "HERALD_ENDPOINTS"},
+		{map[string]string{"REDIS_SERVER_URL": "redis://h", "HERALD_ENDPOINTS": "/no/such/rules.json"}, "HERALD_ENDPOINTS"},
 		{map[string]string{"REDIS_SERVER_URL": "redis://h", "STATUS_ENDPOINT_HOST": "0.0.0.0",
 			"STATUS_ENDPOINT_PORT": "http", "STATUS_ENDPOINT_API_KEY": "k"}, "STATUS_ENDPOINT_PORT"},
 	} {

@@ -13,6 +13,7 @@ import (
 	"github.com/heraldhq/herald/internal/acapy"
 	"github.com/heraldhq/herald/internal/broker"
 	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/endpoint"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/recipkey"
 	"github.com/heraldhq/herald/internal/redisq"
@@ -32,8 +33,12 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	defer st.Stop()
 	obs := &metrics.Observer{M: st.Metrics}
 	st.SetReady(obs.Ready)
+	gate, err := endpoint.NewTable(cfg.Endpoints, st.Metrics.Registry(), log)
+	if err != nil {
+		return &config.Error{Key: "HERALD_ENDPOINTS", Reason: err.Error()}
+	}
 	if cfg.Source.Kind != config.KindRedis {
-		return runBroker(ctx, cfg, st, obs, log)
+		return runBroker(ctx, cfg, st, obs, gate, log)
 	}
 	m := obs.M
 
@@ -58,7 +63,8 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	log.Info("herald deliver starting",
 		"redis", config.RedactURL(cfg.Redis.URL), "queue", keys.Queue, "retry_set", keys.RetrySet,
 		"dead_letter", keys.Dead, "mode", mode.String(), "instance", q.Instance(),
-		"concurrency", cfg.Concurrency, "batch", cfg.Batch, "deny_private", cfg.DenyPrivate)
+		"concurrency", cfg.Concurrency, "batch", cfg.Batch, "deny_private", cfg.DenyPrivate,
+		"endpoint_rules", len(cfg.Endpoints))
 
 	out, err := newSink(ctx, cfg, client, log)
 	if err != nil {
@@ -73,7 +79,7 @@ func Run(ctx context.Context, cfg config.Deliver, log *slog.Logger) error {
 	depthDone := make(chan struct{})
 	go func() { defer close(depthDone); watchDepth(depth, q, m, keys) }()
 
-	p := pipeline(cfg, q, out, obs, log)
+	p := pipeline(cfg, q, out, obs, gate, log)
 	obs.SetReady(true)
 	err = p.Run(ctx)
 	obs.SetReady(false)
@@ -103,11 +109,12 @@ func newSink(ctx context.Context, cfg config.Deliver, client rueidis.Client, log
 	return out, nil
 }
 
-func pipeline(cfg config.Deliver, src engine.Source, out engine.Sink, obs engine.Observer, log *slog.Logger) *engine.Pipeline {
+func pipeline(cfg config.Deliver, src engine.Source, out engine.Sink, obs engine.Observer, gate *endpoint.Table, log *slog.Logger) *engine.Pipeline {
 	return &engine.Pipeline{
 		Source:       src,
 		Decode:       acapy.DecodeOutbound,
 		Sink:         out,
+		Gate:         gate,
 		Policy:       engine.RetryPolicy{MaxRetries: acapy.MaxRetries, Interval: 5, Backoff: 0.25, DropExhausted: cfg.DropExhausted},
 		Observer:     obs,
 		Log:          log,
@@ -119,7 +126,7 @@ func pipeline(cfg config.Deliver, src engine.Source, out engine.Sink, obs engine
 
 // runBroker delivers from NATS, Kafka or RabbitMQ: the same pipeline, sink and policy as from
 // Redis, with retries and dead letters kept the broker's own way (see internal/broker).
-func runBroker(ctx context.Context, cfg config.Deliver, st *service.Status, obs *metrics.Observer, log *slog.Logger) error {
+func runBroker(ctx context.Context, cfg config.Deliver, st *service.Status, obs *metrics.Observer, gate *endpoint.Table, log *slog.Logger) error {
 	var client rueidis.Client
 	if cfg.MediatorMode {
 		var err error
@@ -151,9 +158,10 @@ func runBroker(ctx context.Context, cfg config.Deliver, st *service.Status, obs 
 	defer src.Close()
 	st.SetLive(src.Live)
 	log.Info("herald deliver starting", append([]any{"source", cfg.Source.Redacted()}, append(src.Names,
-		"concurrency", cfg.Concurrency, "batch", cfg.Batch, "deny_private", cfg.DenyPrivate)...)...)
+		"concurrency", cfg.Concurrency, "batch", cfg.Batch, "deny_private", cfg.DenyPrivate,
+		"endpoint_rules", len(cfg.Endpoints))...)...)
 
-	p := pipeline(cfg, src, out, obs, log)
+	p := pipeline(cfg, src, out, obs, gate, log)
 	obs.SetReady(true)
 	err = p.Run(ctx)
 	obs.SetReady(false)

@@ -28,7 +28,7 @@ func TestWebhookMatchesTheStandardsVector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := string(w.AppendSignature(nil, vectorID, vectorTimestamp, []byte(vectorBody))); got != vectorSignature {
+	if got := string(w.AppendSignature(nil, []byte(vectorID), vectorTimestamp, []byte(vectorBody))); got != vectorSignature {
 		t.Fatalf("signature %s, want %s", got, vectorSignature)
 	}
 	// Rotation: the new secret's entry first, the old one's still there.
@@ -36,11 +36,11 @@ func TestWebhookMatchesTheStandardsVector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parts := strings.Split(string(w2.AppendSignature(nil, vectorID, vectorTimestamp, []byte(vectorBody))), " ")
+	parts := strings.Split(string(w2.AppendSignature(nil, []byte(vectorID), vectorTimestamp, []byte(vectorBody))), " ")
 	if len(parts) != 2 || parts[1] != vectorSignature || parts[0] == vectorSignature || !strings.HasPrefix(parts[0], "v1,") {
 		t.Fatalf("rotated signatures %q", parts)
 	}
-	if string(w.AppendSignature(nil, vectorID, vectorTimestamp, []byte(`{"test": 2432232315}`))) == vectorSignature {
+	if string(w.AppendSignature(nil, []byte(vectorID), vectorTimestamp, []byte(`{"test": 2432232315}`))) == vectorSignature {
 		t.Fatal("a changed body kept its signature")
 	}
 	for _, bad := range []string{"whsec_not base64!", "whsec_c2hvcnQ=", ""} {
@@ -186,7 +186,7 @@ func BenchmarkWebhookSignature(b *testing.B) {
 	buf := make([]byte, 0, 128)
 	b.ReportAllocs()
 	for range b.N {
-		buf = w.AppendSignature(buf[:0], vectorID, vectorTimestamp, body)
+		buf = w.AppendSignature(buf[:0], []byte(vectorID), vectorTimestamp, body)
 	}
 }
 

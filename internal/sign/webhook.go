@@ -56,7 +56,7 @@ func NewWebhook(secrets ...string) (*Webhook, error) {
 
 // AppendSignature appends the webhook-signature header value for the message id sent at
 // timestamp (unix seconds) with body.
-func (w *Webhook) AppendSignature(dst []byte, id string, timestamp int64, body []byte) []byte {
+func (w *Webhook) AppendSignature(dst, id []byte, timestamp int64, body []byte) []byte {
 	for i := range w.keys {
 		if i > 0 {
 			dst = append(dst, ' ')

@@ -485,7 +485,7 @@ func (l *loop) read(c *conn, hup bool) {
 
 // answered settles c's request with the receiver's status and frees or closes c.
 func (l *loop) answered(c *conn) {
-	m, code, h := c.m, c.resp.status, c.h
+	m, code, h, wait := c.m, c.resp.status, c.h, c.resp.retryAfter
 	took := l.now.Sub(c.start)
 	c.m = nil
 	l.busy--
@@ -499,6 +499,9 @@ func (l *loop) answered(c *conn) {
 		r.Err = ErrStatus
 		if code > 0 && code < len(statusErrors) {
 			r.Err = statusErrors[code]
+		}
+		if code == 429 || code == 503 {
+			r.RetryAfter = wait
 		}
 	}
 	l.f.Done(m, r, took)

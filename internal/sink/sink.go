@@ -13,6 +13,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/endpoint"
 	"github.com/valyala/fasthttp"
 )
 
@@ -179,7 +180,11 @@ func (s *Sink) post(m *engine.Message) engine.Result {
 		if code > 0 && code < len(statusErrors) {
 			err = statusErrors[code]
 		}
-		return engine.Result{Err: err, Status: code}
+		r := engine.Result{Err: err, Status: code}
+		if code == 429 || code == 503 {
+			r.RetryAfter = endpoint.ParseRetryAfter(resp.Header.Peek("Retry-After"), time.Now())
+		}
+		return r
 	}
 	return engine.Result{Status: code}
 }

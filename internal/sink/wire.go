@@ -5,8 +5,10 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/endpoint"
 )
 
 // target is where a plain-http URL points: the connection key and what the request line needs.
@@ -190,10 +192,11 @@ const (
 // response reads one HTTP/1.x response incrementally, keeping nothing of the body: a deliverer
 // needs the status and whether the connection may be reused, not what the receiver said.
 type response struct {
-	state     respState
-	status    int
-	keepAlive bool
-	remain    int64
+	state      respState
+	status     int
+	keepAlive  bool
+	remain     int64
+	retryAfter time.Duration // the Retry-After header's wait, 0 without one
 }
 
 func (r *response) reset() { *r = response{} }
@@ -333,6 +336,8 @@ func (r *response) head(b []byte) error {
 			if !chunked {
 				return errMalformedResponse // an encoding whose end we cannot find
 			}
+		case equalFold(name, "retry-after"):
+			r.retryAfter = endpoint.ParseRetryAfter(value, time.Now())
 		case equalFold(name, "connection"):
 			if hasToken(value, "close") {
 				r.keepAlive = false

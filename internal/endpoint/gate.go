@@ -1,0 +1,124 @@
+package endpoint
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"strconv"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+)
+
+// The Standard Webhooks header names, lower-case as the standard writes them.
+var (
+	headerID        = []byte("webhook-id")
+	headerTimestamp = []byte("webhook-timestamp")
+	headerSignature = []byte("webhook-signature")
+)
+
+// Admit implements engine.Gate: the endpoint's limits and breaker, then, when its rule has a
+// secret, the three Standard Webhooks headers, signed at this attempt's time.
+func (t *Table) Admit(m *engine.Message) (engine.Result, bool) {
+	rule := t.match(m.URL)
+	if r, ok := t.acquire(m.URL, rule); !ok {
+		return r, false
+	}
+	if rule.signer != nil {
+		t.sign(m, rule, t.now()/int64(time.Second))
+	}
+	return engine.Result{}, true
+}
+
+// Done implements engine.Gate.
+func (t *Table) Done(m *engine.Message, r engine.Result) engine.Result { return t.Release(m.URL, r) }
+
+// sign adds webhook-id, webhook-timestamp and webhook-signature to m. The id must be the same on
+// every retry, and nothing of a retried entry but its content is: it is the entry's own
+// webhook-id header when it has one, else derived from the URL and the payload (byte-identical
+// messages to one endpoint share an id, which is what a receiver deduplicating by id wants).
+func (t *Table) sign(m *engine.Message, rule *compiled, now int64) {
+	var id []byte
+	for _, h := range m.Headers {
+		if bytes.EqualFold(h.Name, headerID) {
+			id = h.Value
+			break
+		}
+	}
+	// Every value goes into m.Extra first and the headers slice it afterwards: appending may
+	// move Extra, and nothing may point into it before the last append.
+	x := m.Extra[:0]
+	derived := id == nil
+	if derived {
+		x = AppendMessageID(x, m.URL, m.Payload)
+	}
+	idEnd := len(x)
+	x = strconv.AppendInt(x, now, 10)
+	tsEnd := len(x)
+	if derived {
+		id = x[:idEnd]
+	}
+	x = rule.signer.AppendSignature(x, id, now, m.Payload)
+	m.Extra = x
+	if derived {
+		m.Headers = append(m.Headers, engine.Header{Name: headerID, Value: x[:idEnd]})
+	}
+	m.Headers = append(m.Headers,
+		engine.Header{Name: headerTimestamp, Value: x[idEnd:tsEnd]},
+		engine.Header{Name: headerSignature, Value: x[tsEnd:]})
+	t.m.signed.Inc()
+}
+
+// AppendMessageID appends the webhook-id Herald gives a message that has none: "msg_" and 22
+// base64url characters of the SHA-256 of its URL and payload.
+func AppendMessageID(dst, url, payload []byte) []byte {
+	// Hashed from a copy at dst's end rather than through hash.Hash, which would allocate.
+	start := len(dst)
+	dst = append(append(append(dst, url...), 0), payload...)
+	sum := sha256.Sum256(dst[start:])
+	dst = append(dst[:start], "msg_"...)
+	return base64.RawURLEncoding.AppendEncode(dst, sum[:16])
+}
+
+// Sign appends the webhook-signature value for a delivery to url, when its rule has a secret;
+// ok is false when it has none. Services that build their own requests (herald callbacks) sign
+// with it; id must be stable across retries.
+func (t *Table) Sign(dst, url, id []byte, timestamp int64, body []byte) (out []byte, ok bool) {
+	rule := t.match(url)
+	if rule.signer == nil {
+		return dst, false
+	}
+	t.m.signed.Inc()
+	return rule.signer.AppendSignature(dst, id, timestamp, body), true
+}
+
+// ParseRetryAfter reads a Retry-After value, delay-seconds or an HTTP date, as a wait from now;
+// 0 when it is missing, malformed or in the past. Waits are capped at MaxRetryAfter.
+func ParseRetryAfter(v []byte, now time.Time) time.Duration {
+	if len(v) == 0 {
+		return 0
+	}
+	var d time.Duration
+	if n, ok := digits(v); ok {
+		d = time.Duration(min(n, int64(MaxRetryAfter/time.Second))) * time.Second
+	} else if at, err := time.Parse(time.RFC1123, string(v)); err == nil {
+		d = at.Sub(now)
+	}
+	return min(max(d, 0), MaxRetryAfter)
+}
+
+// MaxRetryAfter caps how long a receiver's Retry-After may hold a message back.
+const MaxRetryAfter = time.Hour
+
+func digits(v []byte) (int64, bool) {
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if n < 1<<40 {
+			n = n*10 + int64(c-'0')
+		}
+	}
+	return n, true
+}
