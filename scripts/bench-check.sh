@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== allocations of the per-message steps (must be 0)"
-out=$(go test -run '^$' -bench 'DecodeOutbound|AppendRetryMember|AppendOutbound|BuildRequest|AppendRequest|ResponseReader|ObserverHotPath|RouterDefaultMap|RouterUncached|TemplateAppend|AppendEventPayload|Route$' \
-  -benchmem -benchtime 20000x ./engine/ ./internal/acapy/ ./internal/sink/ ./internal/metrics/ ./internal/events/)
+out=$(go test -run '^$' -bench 'DecodeOutbound|AppendRetryMember|AppendOutbound|BuildRequest|AppendRequest|ResponseReader|ObserverHotPath|RouterDefaultMap|RouterUncached|TemplateAppend|AppendEventPayload|Route$|Admit' \
+  -benchmem -benchtime 20000x ./engine/ ./internal/acapy/ ./internal/sink/ ./internal/metrics/ ./internal/events/ ./internal/endpoint/)
 echo "$out" | grep '^Benchmark'
 allocating=$(echo "$out" | awk '/^Benchmark/ { for (i = 2; i <= NF; i++) if ($i == "allocs/op" && $(i-1) != "0") print $1 " " $(i-1) " allocs/op" }')
 if [ -n "$allocating" ]; then
