@@ -47,7 +47,9 @@ func (testGate) Done(m *engine.Message, r engine.Result) engine.Result {
 }
 
 // plainSink is a Sink without loops of its own: the pipeline's workers call it.
-type plainSink struct{ deliver func(*engine.Message) engine.Result }
+type plainSink struct {
+	deliver func(*engine.Message) engine.Result
+}
 
 func (s plainSink) Deliver(m *engine.Message) engine.Result { return s.deliver(m) }
 
