@@ -97,7 +97,7 @@ func median(v []float64) float64 {
 // deliverConfig is the deliverer's configuration for a benchmark: env plus the tuning knobs of
 // the environment, so that `HERALD_CONCURRENCY=64 make bench` compares settings.
 func deliverConfig(env map[string]string) (config.Deliver, error) {
-	for _, k := range []string{"HERALD_CONCURRENCY", "HERALD_BATCH", "HERALD_DELIVERY_MODE", "HERALD_HTTP_CLIENT"} {
+	for _, k := range []string{"HERALD_CONCURRENCY", "HERALD_BATCH", "HERALD_DELIVERY_MODE", "HERALD_HTTP_CLIENT", "HERALD_ENDPOINTS"} {
 		if v := os.Getenv(k); v != "" {
 			env[k] = v
 		}

@@ -41,6 +41,7 @@ type binaryDrain struct {
 	took time.Duration // from starting the process to the last message received
 	cpu  time.Duration // the process's user+system CPU time by then
 	peak int64         // its peak resident memory, bytes
+	io   int64         // its read and write system calls by then
 }
 
 // binaryRig is the herald binary, built for the benchmark, and a Redis server of its own.
@@ -92,7 +93,8 @@ func (r *binaryRig) drain(b *testing.B, prefix string, n int, env []string, star
 	for recv.Total() < int64(n) {
 		time.Sleep(2 * time.Millisecond)
 	}
-	d := binaryDrain{took: time.Since(start), cpu: fixture.CPUTime(cmd.Process.Pid), peak: fixture.PeakRSS(cmd.Process.Pid)}
+	d := binaryDrain{took: time.Since(start), cpu: fixture.CPUTime(cmd.Process.Pid), peak: fixture.PeakRSS(cmd.Process.Pid),
+		io: fixture.IOCalls(cmd.Process.Pid)}
 	_ = cmd.Process.Signal(os.Interrupt)
 	_ = cmd.Wait()
 	_ = r.c.Do(ctx, r.c.B().Del().Key(keys.Queue, keys.RetrySet, keys.Dead).Build()).Error()

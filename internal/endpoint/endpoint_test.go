@@ -162,6 +162,20 @@ func TestAdmitSignsWithEveryHeader(t *testing.T) {
 	}
 }
 
+// TestMessageIDIsPinned holds the derived webhook-id to a value computed once: a receiver
+// deduplicates by it, so a new Herald must give a message retried across an upgrade the same id.
+func TestMessageIDIsPinned(t *testing.T) {
+	if id := string(AppendMessageID(nil, []byte("http://127.0.0.1:9/hooks/a"), []byte(`{"a":1}`))); id != "msg_o8vKSYOQEmrUUqiEDVXzzA" {
+		t.Errorf("id %q changed", id)
+	}
+	// The URL ends where the payload starts: moving a byte across the boundary is another message.
+	a := string(AppendMessageID(nil, []byte("http://h/ab"), []byte("c")))
+	b := string(AppendMessageID(nil, []byte("http://h/a"), []byte("bc")))
+	if a == b {
+		t.Error("URL and payload run together")
+	}
+}
+
 func TestRateLimitSpreadsDeferrals(t *testing.T) {
 	tb, clk, _ := newTable(t, Rule{URL: "http://a.example/", Rate: 10, Burst: 2})
 	url := []byte("http://a.example/x")

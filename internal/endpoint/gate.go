@@ -2,10 +2,12 @@ package endpoint
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"strconv"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/heraldhq/herald/engine"
 )
@@ -70,15 +72,33 @@ func (t *Table) sign(m *engine.Message, rule *compiled, now int64) {
 }
 
 // AppendMessageID appends the webhook-id Herald gives a message that has none: "msg_" and 22
-// base64url characters of the SHA-256 of its URL and payload.
+// base64url characters of a 128-bit hash of its URL and payload.
+//
+// The id is a deduplication key, not a secret or a proof: the signature covers it. So the hash is
+// xxHash64 under two seeds, about a tenth of the cost of SHA-256 on a 300-byte payload, which on
+// its own was half the cost of signing a delivery.
 func AppendMessageID(dst, url, payload []byte) []byte {
-	// Hashed from a copy at dst's end rather than through hash.Hash, which would allocate.
-	start := len(dst)
-	dst = append(append(append(dst, url...), 0), payload...)
-	sum := sha256.Sum256(dst[start:])
-	dst = append(dst[:start], "msg_"...)
-	return base64.RawURLEncoding.AppendEncode(dst, sum[:16])
+	var sum [16]byte
+	var d xxhash.Digest
+	for i, seed := range [2]uint64{idSeedA, idSeedB} {
+		d.ResetWithSeed(seed)
+		d.Write(url)
+		d.Write(zero[:])
+		d.Write(payload)
+		binary.BigEndian.PutUint64(sum[i*8:], d.Sum64())
+	}
+	dst = append(dst, "msg_"...)
+	return base64.RawURLEncoding.AppendEncode(dst, sum[:])
 }
+
+// The seeds of the two halves of a message id: any two fixed, different values would do; these
+// must never change, or a message retried across an upgrade would get a new id.
+const (
+	idSeedA = 0x6865726c64696431 // "herldid1"
+	idSeedB = 0x6865726c64696432 // "herldid2"
+)
+
+var zero [1]byte
 
 // Sign appends the webhook-signature value for a delivery to url, when its rule has a secret;
 // ok is false when it has none. Services that build their own requests (herald callbacks) sign
