@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -159,6 +158,8 @@ func (p *processor) deliver(ctx context.Context, it item) bool {
 	wait := p.opt.BackoffBase
 	var pauseFor time.Duration
 	var sigBuf []byte
+	var sigHeaders []engine.Header
+	var permanent bool
 	var last error
 	status := 0
 	for attempt := 1; attempt <= p.opt.Attempts; attempt++ {
@@ -191,11 +192,11 @@ func (p *processor) deliver(ctx context.Context, it item) bool {
 			}
 			err = r.Err // the circuit is open: a failed attempt that was never sent
 		} else {
-			if sig, ok := p.endpoints.Sign(sigBuf[:0], url, []byte(it.e.ID), now.Unix(), req.Body()); ok {
-				sigBuf = sig
-				req.Header.Set("webhook-id", it.e.ID)
-				req.Header.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
-				req.Header.SetBytesV("webhook-signature", sig)
+			var signed bool
+			if sigHeaders, sigBuf, signed = p.endpoints.SignHeaders(sigHeaders[:0], append(sigBuf[:0], it.e.ID...), url, now.Unix(), req.Body()); signed {
+				for _, h := range sigHeaders {
+					req.Header.SetBytesKV(h.Name, h.Value)
+				}
 			}
 			start := time.Now()
 			err = p.client.DoTimeout(req, resp, p.opt.Timeout)
@@ -204,7 +205,7 @@ func (p *processor) deliver(ctx context.Context, it item) bool {
 			res := engine.Result{Err: err, Status: status}
 			if err == nil && (status < 200 || status >= 400) {
 				res.Err = fmt.Errorf("answered %d", status)
-				if status == 429 || status == 503 {
+				if endpoint.Throttled(status) {
 					res.RetryAfter = endpoint.ParseRetryAfter(resp.Header.Peek("Retry-After"), time.Now())
 				}
 			}
@@ -214,19 +215,12 @@ func (p *processor) deliver(ctx context.Context, it item) bool {
 				p.settle(ctx, it.m, nil)
 				return true
 			}
-			err = res.Err
-			if res.Permanent {
-				last = err
-				p.m.failures.WithLabelValues(p.dest.group).Inc()
-				break
-			}
-			if res.RetryAfter > 0 {
-				pauseFor = res.RetryAfter // the receiver said when
-			}
+			// A Retry-After is the receiver saying when; a Permanent failure ends the attempts.
+			err, pauseFor, permanent = res.Err, res.RetryAfter, res.Permanent
 		}
 		last = err
 		p.m.failures.WithLabelValues(p.dest.group).Inc()
-		if attempt == p.opt.Attempts {
+		if permanent || attempt == p.opt.Attempts {
 			break
 		}
 		pause := wait

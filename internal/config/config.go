@@ -90,6 +90,9 @@ type Deliver struct {
 	LogLevel  string
 }
 
+// endpointsVar is HERALD_ENDPOINTS, read the same way by every command that delivers over HTTP.
+var endpointsVar = Var{"HERALD_ENDPOINTS", "", "per-endpoint rules, a JSON array or a file holding one: [{\"url\": prefix, \"secret\": \"whsec_...\", \"rate\", \"burst\", \"concurrency\", \"break_after\", \"cooldown\", \"on_gone\"}] (README: Endpoints)"}
+
 // DeliverVars lists every variable `herald deliver` reads, in the order --help shows them.
 var DeliverVars = []Var{
 	{"REDIS_SERVER_URL", "(required)", "Redis URL, redis:// or rediss://, user:pass@ optional; a cluster is detected"},
@@ -109,7 +112,7 @@ var DeliverVars = []Var{
 	{"HERALD_DEAD_LETTER_LIST", "{<prefix>_outbound}:dead", "list receiving undeliverable entries with the reason"},
 	{"HERALD_ON_EXHAUSTED", "dead-letter", "after 5 retries: dead-letter, or drop (the reference's behaviour)"},
 	{"HERALD_INSTANCE", "(random)", "name of this instance in lease and in-flight keys"},
-	{"HERALD_ENDPOINTS", "", "per-endpoint rules, a JSON array or a file holding one: [{\"url\": prefix, \"secret\": \"whsec_...\", \"rate\", \"burst\", \"concurrency\", \"break_after\", \"cooldown\", \"on_gone\"}] (README: Endpoints)"},
+	endpointsVar,
 	{"HERALD_LOG_FORMAT", "text", "text or json"},
 	{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error"},
 }
@@ -757,7 +760,7 @@ var CallbacksVars = []Var{
 	{"HERALD_BACKOFF", "1s", "first wait between attempts, doubled each time"},
 	{"HERALD_BACKOFF_MAX", "300s", "longest wait between attempts"},
 	{"HERALD_LANES", "64", "transactions delivered at once per destination (each transaction's events in order)"},
-	{"HERALD_ENDPOINTS", "", "per-endpoint rules, a JSON array or a file holding one: [{\"url\": prefix, \"secret\": \"whsec_...\", \"rate\", \"burst\", \"concurrency\", \"break_after\", \"cooldown\", \"on_gone\"}] (README: Endpoints)"},
+	endpointsVar,
 	{"STATUS_ENDPOINT_HOST", "", "status server host; served only when HOST, PORT and API_KEY are all set"},
 	{"STATUS_ENDPOINT_PORT", "", "status server port"},
 	{"STATUS_ENDPOINT_API_KEY", "", "value the access_token header must carry"},

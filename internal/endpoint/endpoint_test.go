@@ -77,16 +77,20 @@ func verify(secret, id, ts, body, sigs string) bool {
 	return false
 }
 
-// TestSignUsesTheRulesSecret: Sign (for services building their own requests) signs with the
-// secret of the endpoint's rule, checked by a verifier written from the standard; internal/sign
-// checks the HMAC itself against the standard's published example.
+// TestSignUsesTheRulesSecret: SignHeaders (for services building their own requests) signs with
+// the secret of the endpoint's rule, checked by a verifier written from the standard;
+// internal/sign checks the HMAC itself against the standard's published example.
 func TestSignUsesTheRulesSecret(t *testing.T) {
 	tb, _, _ := newTable(t, Rule{URL: "https://hooks.example.com/", Secret: vectorSecret})
-	got, ok := tb.Sign(nil, []byte("https://hooks.example.com/x"), []byte("evt_1"), 1614265330, []byte(`{"a":1}`))
-	if !ok || !verify(vectorSecret, "evt_1", "1614265330", `{"a":1}`, string(got)) {
+	hs, _, ok := tb.SignHeaders(nil, []byte("evt_1"), []byte("https://hooks.example.com/x"), 1614265330, []byte(`{"a":1}`))
+	m := &engine.Message{Headers: hs}
+	id, _ := header(m, "webhook-id")
+	ts, _ := header(m, "webhook-timestamp")
+	got, _ := header(m, "webhook-signature")
+	if !ok || id != "evt_1" || ts != "1614265330" || !verify(vectorSecret, "evt_1", "1614265330", `{"a":1}`, got) {
 		t.Fatalf("signature %q (signed %v) does not verify", got, ok)
 	}
-	if _, ok := tb.Sign(nil, []byte("https://other.example.com/"), []byte("evt_1"), 1614265330, nil); ok {
+	if _, _, ok := tb.SignHeaders(nil, []byte("evt_1"), []byte("https://other.example.com/"), 1614265330, nil); ok {
 		t.Error("an endpoint without a secret was signed")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/sign"
 )
 
 // The Standard Webhooks header names, lower-case as the standard writes them.
@@ -40,35 +41,37 @@ func (t *Table) Done(m *engine.Message, r engine.Result) engine.Result { return 
 // webhook-id header when it has one, else derived from the URL and the payload (byte-identical
 // messages to one endpoint share an id, which is what a receiver deduplicating by id wants).
 func (t *Table) sign(m *engine.Message, rule *compiled, now int64) {
-	var id []byte
+	var own []byte
 	for _, h := range m.Headers {
 		if bytes.EqualFold(h.Name, headerID) {
-			id = h.Value
+			own = h.Value
 			break
 		}
 	}
-	// Every value goes into m.Extra first and the headers slice it afterwards: appending may
-	// move Extra, and nothing may point into it before the last append.
 	x := m.Extra[:0]
-	derived := id == nil
-	if derived {
+	if own != nil {
+		x = append(x, own...)
+	} else {
 		x = AppendMessageID(x, m.URL, m.Payload)
 	}
-	idEnd := len(x)
-	x = strconv.AppendInt(x, now, 10)
-	tsEnd := len(x)
-	if derived {
-		id = x[:idEnd]
-	}
-	x = rule.signer.AppendSignature(x, id, now, m.Payload)
-	m.Extra = x
-	if derived {
-		m.Headers = append(m.Headers, engine.Header{Name: headerID, Value: x[:idEnd]})
-	}
-	m.Headers = append(m.Headers,
-		engine.Header{Name: headerTimestamp, Value: x[idEnd:tsEnd]},
-		engine.Header{Name: headerSignature, Value: x[tsEnd:]})
+	m.Headers, m.Extra = appendSigned(m.Headers, x, len(x), own == nil, rule.signer, now, m.Payload)
 	t.m.signed.Inc()
+}
+
+// appendSigned signs a delivery of body whose webhook-id is buf[:idLen]: it appends the
+// timestamp and the signature to buf, and to hs the webhook-id header (when addID),
+// webhook-timestamp and webhook-signature. The headers are sliced from buf only after its last
+// append, which may move it.
+func appendSigned(hs []engine.Header, buf []byte, idLen int, addID bool, s *sign.Webhook, ts int64, body []byte) ([]engine.Header, []byte) {
+	buf = strconv.AppendInt(buf, ts, 10)
+	tsEnd := len(buf)
+	buf = s.AppendSignature(buf, buf[:idLen], ts, body)
+	if addID {
+		hs = append(hs, engine.Header{Name: headerID, Value: buf[:idLen]})
+	}
+	return append(hs,
+		engine.Header{Name: headerTimestamp, Value: buf[idLen:tsEnd]},
+		engine.Header{Name: headerSignature, Value: buf[tsEnd:]}), buf
 }
 
 // AppendMessageID appends the webhook-id Herald gives a message that has none: "msg_" and 22
@@ -100,17 +103,24 @@ const (
 
 var zero [1]byte
 
-// Sign appends the webhook-signature value for a delivery to url, when its rule has a secret;
-// ok is false when it has none. Services that build their own requests (herald callbacks) sign
-// with it; id must be stable across retries.
-func (t *Table) Sign(dst, url, id []byte, timestamp int64, body []byte) (out []byte, ok bool) {
+// SignHeaders appends to hs the three Standard Webhooks headers for a delivery of body to url
+// as id (buf's content) at timestamp, when url's rule has a secret; their values are appended to
+// buf, returned for reuse. ok is false, and nothing appended, when the rule has none. Services
+// that build their own requests (herald callbacks) sign with it; id must be stable across
+// retries.
+func (t *Table) SignHeaders(hs []engine.Header, buf, url []byte, timestamp int64, body []byte) (_ []engine.Header, _ []byte, ok bool) {
 	rule := t.match(url)
 	if rule.signer == nil {
-		return dst, false
+		return hs, buf, false
 	}
 	t.m.signed.Inc()
-	return rule.signer.AppendSignature(dst, id, timestamp, body), true
+	hs, buf = appendSigned(hs, buf, len(buf), true, rule.signer, timestamp, body)
+	return hs, buf, true
 }
+
+// Throttled reports whether a receiver's answer with status asks for a pause: the statuses
+// whose Retry-After every HTTP delivery honours.
+func Throttled(status int) bool { return status == 429 || status == 503 }
 
 // ParseRetryAfter reads a Retry-After value, delay-seconds or an HTTP date, as a wait from now;
 // 0 when it is missing, malformed or in the past. Waits are capped at MaxRetryAfter.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/endpoint"
 )
 
 // LoopSink is a Sink whose plain-http POSTs go through event loops of its own, one per core,
@@ -500,7 +501,7 @@ func (l *loop) answered(c *conn) {
 		if code > 0 && code < len(statusErrors) {
 			r.Err = statusErrors[code]
 		}
-		if code == 429 || code == 503 {
+		if endpoint.Throttled(code) {
 			r.RetryAfter = wait
 		}
 	}

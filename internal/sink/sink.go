@@ -181,7 +181,7 @@ func (s *Sink) post(m *engine.Message) engine.Result {
 			err = statusErrors[code]
 		}
 		r := engine.Result{Err: err, Status: code}
-		if code == 429 || code == 503 {
+		if endpoint.Throttled(code) {
 			r.RetryAfter = endpoint.ParseRetryAfter(resp.Header.Peek("Retry-After"), time.Now())
 		}
 		return r
